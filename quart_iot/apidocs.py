@@ -1,0 +1,80 @@
+"""API docs extension: the OpenAPI document and a Swagger UI served from a package, not a CDN."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from quart import Quart, ResponseReturnValue, abort, send_from_directory
+from quart_schema import Info, QuartSchema, document_response, hide
+from quart_schema.openapi import OpenAPIProvider
+from swagger_ui_bundle import swagger_ui_path
+
+from quart_iot.models import ErrorBody
+
+DOCS_PATH = "/api/docs"
+ASSETS = {"swagger-ui-bundle.js", "swagger-ui.css"}
+
+
+class _OpenAPIProvider(OpenAPIProvider):
+    """Documents empty (204) responses, and response headers where OpenAPI puts them."""
+
+    def build_response_object(
+        self, model: Any, headers_model: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        if model is None:
+            return {"description": "No content"}, {}
+        response, components = super().build_response_object(model, None)
+        if headers_model is not None:
+            properties = headers_model.model_json_schema(by_alias=True)["properties"]
+            response["headers"] = {
+                name: {"schema": {"type": prop["type"]}, "description": prop.get("description", "")}
+                for name, prop in properties.items()
+            }
+        return response, components
+
+
+class ApiDocs:
+    """Extension: quart-schema with the docs under /api/docs and Swagger UI's files local."""
+
+    def __init__(self, title: str, version: str) -> None:
+        self.schema = QuartSchema(
+            openapi_path=f"{DOCS_PATH}/openapi.json",
+            swagger_ui_path=DOCS_PATH,
+            redoc_ui_path=None,
+            scalar_ui_path=None,
+            openapi_provider_class=_OpenAPIProvider,
+            info=Info(
+                title=title,
+                version=version,
+                description="One JSON configuration document per ESP32 device.",
+            ),
+        )
+
+    def init_app(self, app: Quart) -> None:
+        self.schema.init_app(app)
+        app.json.sort_keys = False  # type: ignore[attr-defined]  # key order is part of a document
+        app.json.ensure_ascii = False  # type: ignore[attr-defined]
+        app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = f"{DOCS_PATH}/assets/swagger-ui-bundle.js"
+        app.config["QUART_SCHEMA_SWAGGER_CSS_URL"] = f"{DOCS_PATH}/assets/swagger-ui.css"
+        app.add_url_rule(f"{DOCS_PATH}/assets/<name>", "docs_asset", self.asset)
+
+    @hide
+    async def asset(self, name: str) -> ResponseReturnValue:
+        """One of Swagger UI's files, from the installed swagger-ui-bundle package."""
+        if name not in ASSETS:
+            abort(404)
+        return await send_from_directory(Path(str(swagger_ui_path)), name)
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def document_errors(*statuses: int) -> Callable[[F], F]:
+    """Document the error body for each status a route can answer with (besides 404/405/500)."""
+
+    def decorator(func: F) -> F:
+        for status in (*statuses, 500):
+            func = document_response(ErrorBody, status)(func)
+        return func
+
+    return decorator

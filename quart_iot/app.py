@@ -1,0 +1,45 @@
+"""The application factory: it reads as the table of contents of the service."""
+
+from importlib.metadata import version
+
+from quart import Quart
+from quart_cors import cors
+
+from quart_iot.apidocs import ApiDocs
+from quart_iot.blueprints import configs, health
+from quart_iot.correlation import HEADER, CorrelationIds
+from quart_iot.errors import register_error_handlers
+from quart_iot.jsonrequest import StrictJSONRequest
+from quart_iot.logs import configure_logging
+from quart_iot.metrics import Metrics
+from quart_iot.settings import Settings, load_settings
+from quart_iot.store import ConfigStore
+
+
+def create_app(settings: Settings | None = None) -> Quart:
+    """Build the app from explicit settings (or the environment)."""
+    settings = settings or load_settings()
+    configure_logging(settings.log_level)
+    app = Quart(__name__)
+    app.config.update(
+        DEBUG=settings.debug,
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        SETTINGS=settings,
+    )
+    app.request_class = StrictJSONRequest
+    ApiDocs(title="quart_iot", version=version("quart-iot")).init_app(app)
+    CorrelationIds().init_app(app)
+    ConfigStore(settings.esp32_configs_dir).init_app(app)
+    Metrics().init_app(app)
+    register_error_handlers(app)
+    app.register_blueprint(configs.blueprint)
+    app.register_blueprint(health.blueprint)
+    return cors(
+        app,
+        allow_origin=settings.cors_origins,
+        allow_methods=["GET", "PUT", "DELETE"],
+        allow_headers=["Content-Type", "If-Match", "If-None-Match", HEADER],
+        expose_headers=["ETag", HEADER],
+        max_age=600,
+    )

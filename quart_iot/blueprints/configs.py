@@ -1,0 +1,92 @@
+"""The config routes: list, get, the device endpoint, save and delete."""
+
+from quart import Blueprint, Response, request
+from quart_schema import document_headers, document_response, validate_request, validate_response
+from werkzeug.http import quote_etag
+
+from quart_iot.apidocs import document_errors
+from quart_iot.models import (
+    ConditionalHeaders,
+    ConfigDetail,
+    ConfigList,
+    ConfigSave,
+    DeviceDocument,
+    ETagHeader,
+)
+from quart_iot.store import Precondition, current_store
+
+blueprint = Blueprint("configs", __name__)
+
+DetailWithETag = tuple[ConfigDetail, int, dict[str, str]]
+
+
+@blueprint.get("/api/configs")
+@document_response(ConfigList)
+@document_errors(503)
+async def list_configs() -> Response:
+    """List every device config, sorted by MAC address."""
+    return Response(await current_store().list_json(), content_type="application/json")
+
+
+@blueprint.get("/api/configs/<mac_address>")
+@validate_response(ConfigDetail, headers_model_class=ETagHeader)
+@document_errors(400, 404, 422, 503)
+async def get_config(mac_address: str) -> DetailWithETag:
+    """Get one device config with its summary fields."""
+    stored = await current_store().get(mac_address)
+    return ConfigDetail.from_content(stored.mac, stored.content), 200, etag_header(stored.etag)
+
+
+@blueprint.get("/api/configs/<mac_address>.json")
+@document_response(DeviceDocument, headers_model_class=ETagHeader)
+@document_errors(400, 404, 422, 503)
+async def get_device_config(mac_address: str) -> Response:
+    """The stored document as a device reads it; If-None-Match answers 304."""
+    store = current_store()
+    if request.if_none_match and request.if_none_match.contains_weak(
+        etag := await store.current_etag(mac_address)
+    ):
+        return device_response(b"", etag, status=304)
+    stored = await store.get(mac_address)
+    return device_response(stored.raw, stored.etag)
+
+
+@blueprint.put("/api/configs/<mac_address>")
+@validate_request(ConfigSave)
+@validate_response(ConfigDetail, headers_model_class=ETagHeader)
+@document_headers(ConditionalHeaders)
+@document_errors(400, 409, 412, 413, 415, 503)
+async def save_config(mac_address: str, data: ConfigSave) -> DetailWithETag:
+    """Create or replace a device config (409 if it exists and allow_overwrite is false)."""
+    stored = await current_store().save(mac_address, data.content, precondition(data))
+    return ConfigDetail.from_content(stored.mac, stored.content), 200, etag_header(stored.etag)
+
+
+@blueprint.delete("/api/configs/<mac_address>")
+@document_response(None, 204)  # documented as "No content" by our OpenAPI provider
+@document_headers(ConditionalHeaders)
+@document_errors(400, 404, 412, 503)
+async def delete_config(mac_address: str) -> tuple[str, int]:
+    """Delete a device config."""
+    await current_store().delete(mac_address, precondition())
+    return "", 204
+
+
+def precondition(data: ConfigSave | None = None) -> Precondition:
+    """The write condition from allow_overwrite and the If-Match/If-None-Match headers."""
+    return Precondition(
+        overwrite=data.allow_overwrite if data else True,
+        if_match=request.if_match,
+        if_none_match=request.if_none_match,
+    )
+
+
+def etag_header(etag: str) -> dict[str, str]:
+    return {"ETag": quote_etag(etag)}
+
+
+def device_response(body: bytes, etag: str, status: int = 200) -> Response:
+    response = Response(body, status=status, content_type="application/json")
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = "no-cache"
+    return response

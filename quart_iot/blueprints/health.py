@@ -1,0 +1,27 @@
+"""Probes: readiness (the configs directory is usable) and liveness (the process serves)."""
+
+from quart import Blueprint
+from quart_schema import validate_response
+
+from quart_iot.models import Health, Liveness
+from quart_iot.store import current_store
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.get("/api/health")
+@validate_response(Health, 200)
+@validate_response(Health, 503)
+async def health() -> tuple[Health, int]:
+    """Readiness: 503 when the configs directory is missing, not a directory or unreadable."""
+    storage, reason = await current_store().health()
+    if reason is not None:
+        return Health(status="unhealthy", reason=reason, storage="unavailable"), 503
+    return Health(status="healthy", storage=storage), 200
+
+
+@blueprint.get("/api/health/live")
+@validate_response(Liveness)
+async def live() -> Liveness:
+    """Liveness: answers while the process serves; touches no disk."""
+    return Liveness()

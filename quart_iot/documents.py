@@ -1,0 +1,99 @@
+"""Strict JSON for stored documents and request bodies: parse, check, serialise, fingerprint."""
+
+import hashlib
+import json
+import math
+import sys
+from typing import Any
+
+MAX_DEPTH = 64
+
+Document = dict[str, Any]
+
+
+class InvalidJson(ValueError):
+    """The bytes are not strict JSON (or not within our limits)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidJson(f"{name} is not allowed in JSON")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise InvalidJson(f"number {text[:20]} is too large for a double")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    value = int(text)
+    if abs(value) > sys.float_info.max:
+        raise InvalidJson("integer is too large for a double")
+    return value
+
+
+_decoder = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int
+)
+
+
+def parse_json(data: bytes) -> Any:
+    """Strict JSON: UTF-8 only, no NaN/Infinity, no overflowing numbers, bounded nesting."""
+    try:
+        value = _decoder.decode(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidJson("not valid UTF-8") from None
+    except RecursionError:
+        raise InvalidJson(f"JSON is nested deeper than {MAX_DEPTH} levels") from None
+    except InvalidJson:
+        raise
+    except ValueError as error:  # JSONDecodeError, and int() beyond its digit limit
+        raise InvalidJson(f"not valid JSON: {error}") from None
+    if _depth_exceeds(value, MAX_DEPTH):
+        raise InvalidJson(f"JSON is nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            if isinstance(node, dict | list)
+            for child in (node.values() if isinstance(node, dict) else node)
+        ]
+        if not level:
+            return False
+    return any(isinstance(node, dict | list) for node in level)
+
+
+def parse_document(data: bytes) -> Document:
+    """A stored document: strict JSON whose top level is an object."""
+    value = parse_json(data)
+    if not isinstance(value, dict):
+        raise InvalidJson("the document is not a JSON object")
+    return value
+
+
+def dump_document(content: Document) -> bytes:
+    """How a document is stored: key order kept, non-ASCII kept as UTF-8, ending in a newline."""
+    return json.dumps(content, ensure_ascii=False, indent=2, allow_nan=False).encode() + b"\n"
+
+
+def etag_of(data: bytes) -> str:
+    """A strong ETag (unquoted) from the stored bytes: the same on every replica."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def summary_fields(content: Document) -> tuple[str | None, str | None, bool | None]:
+    """deviceName, deviceEntityId and enableOTA, each None when missing or of the wrong type."""
+    name = content.get("deviceName")
+    entity = content.get("deviceEntityId")
+    ota = content.get("enableOTA")
+    return (
+        name if isinstance(name, str) else None,
+        entity if isinstance(entity, str) else None,
+        ota if isinstance(ota, bool) else None,
+    )

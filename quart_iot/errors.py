@@ -1,0 +1,154 @@
+"""The ApiError family, and the one place that turns any error into the contract's JSON body."""
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from quart import Quart, Response, g, jsonify, request
+from quart_schema import RequestSchemaValidationError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from quart_iot.correlation import current_correlation_id
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error a client can act on; subclasses carry their status and code."""
+
+    status: int = 500
+    code: str = "INTERNAL_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        details: dict[str, Any] | None = None,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.status = status or self.status
+        self.code = code or self.code
+
+
+class InvalidMac(ApiError):
+    status, code = 400, "INVALID_OPERATION"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Invalid MAC address: expected six pairs of hex digits joined by '-', "
+            "like aa-bb-cc-dd-ee-ff"
+        )
+
+
+class InvalidBody(ApiError):
+    status, code = 400, "VALIDATION_FAILED"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "UNSUPPORTED_MEDIA_TYPE"
+
+    def __init__(self) -> None:
+        super().__init__("The request body must be JSON, sent as Content-Type: application/json")
+
+
+class ConfigNotFound(ApiError):
+    status, code = 404, "RECORD_NOT_FOUND"
+
+    def __init__(self, mac: str) -> None:
+        super().__init__(f"Config {mac} was not found")
+
+
+class ConfigExists(ApiError):
+    status, code = 409, "RECORD_EXISTS"
+
+    def __init__(self, mac: str) -> None:
+        super().__init__(f"Config {mac} already exists and allow_overwrite is false")
+
+
+class ConfigUnreadable(ApiError):
+    status, code = 422, "RECORD_UNREADABLE"
+
+    def __init__(self, mac: str) -> None:
+        super().__init__(f"Config {mac} exists but is not a readable JSON object file")
+
+
+class PreconditionFailed(ApiError):
+    status, code = 412, "PRECONDITION_FAILED"
+
+    def __init__(self, mac: str, header: str) -> None:
+        super().__init__(f"Config {mac} does not match the {header} condition")
+
+
+class StorageUnavailable(ApiError):
+    status, code = 503, "STORAGE_UNAVAILABLE"
+
+    def __init__(self, reason: str = "the configs directory cannot be used") -> None:
+        super().__init__(f"Config storage is unavailable: {reason}")
+        self.reason = reason
+
+
+_HTTP_CODES = {
+    400: ("VALIDATION_FAILED", "The request is malformed"),
+    404: ("ROUTE_NOT_FOUND", "The requested URL was not found"),
+    405: ("METHOD_NOT_ALLOWED", "The method is not allowed for this URL"),
+    413: ("PAYLOAD_TOO_LARGE", "The request body is larger than the limit"),
+}
+
+
+def error_response(error: ApiError) -> Response:
+    """The JSON body of the contract, for any ApiError."""
+    g.error_code = error.code
+    body = {
+        "error": error.message,
+        "code": error.code,
+        "details": error.details,
+        "correlationId": current_correlation_id(),
+    }
+    response = jsonify(body)
+    response.status_code = error.status
+    return response
+
+
+async def _api_error(error: ApiError) -> Response:
+    log.info("%s %s: %s", error.status, error.code, error.message)
+    return error_response(error)
+
+
+async def _validation_error(error: RequestSchemaValidationError) -> Response:
+    cause = error.validation_error
+    errors = (
+        cause.errors(include_url=False, include_input=False, include_context=False)
+        if isinstance(cause, ValidationError)
+        else [{"loc": [], "msg": str(cause), "type": "value_error"}]
+    )
+    items = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
+    return await _api_error(InvalidBody("The request body is invalid", {"errors": items}))
+
+
+async def _http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    if isinstance(error, NotFound) and request.path.startswith("/api/configs/"):
+        # An encoded slash or `..` in a MAC splits the path: still a bad identifier.
+        return await _api_error(InvalidMac())
+    code, message = _HTTP_CODES.get(status, (f"HTTP_{status}", error.name))
+    response = await _api_error(ApiError(message, status=status, code=code))
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
+    return response
+
+
+async def _unexpected_error(error: Exception) -> Response:
+    log.exception("unexpected error", exc_info=error)
+    return error_response(ApiError("Internal server error"))
+
+
+def register_error_handlers(app: Quart) -> None:
+    """Route every error, whatever raised it, to the one JSON error body."""
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(RequestSchemaValidationError, _validation_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)

@@ -1,0 +1,62 @@
+"""Service settings, read from the environment (and `.env`)."""
+
+import json
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message is one line naming it."""
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; tests build their own instead of reading the environment."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    esp32_configs_dir: Path
+    cors_origins: Annotated[list[str], NoDecode] = []
+    debug: bool = False
+    secret_key: str = Field(default_factory=lambda: secrets.token_hex(32), repr=False)
+    max_content_length: int = Field(default=1024 * 1024, gt=0)
+    host: str = "127.0.0.1"
+    port: int = Field(default=3201, ge=0, le=65535)
+    log_level: str = "INFO"
+    shutdown_timeout: float = Field(default=10.0, ge=0)
+
+    mqtt_url: str | None = None
+    mqtt_username: str | None = None
+    mqtt_password: str | None = Field(default=None, repr=False)
+    mqtt_topic: str = "iotsupport/updates/configs"
+    mqtt_queue_size: int = Field(default=1000, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value) if value.strip() else []
+        except ValueError:
+            raise ValueError('must be a JSON list, e.g. ["http://localhost:3000"]') from None
+
+
+def load_settings() -> Settings:
+    """Read the settings, turning a validation failure into one clear line."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(describe(error)) from None
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming each bad setting by its environment variable."""
+    problems = []
+    for item in error.errors():
+        name = "_".join(str(part) for part in item["loc"][:1]).upper() or "settings"
+        problems.append(f"{name}: {item['msg']}")
+    return "invalid settings: " + "; ".join(problems)
