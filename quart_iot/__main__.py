@@ -1,6 +1,7 @@
 """`python -m quart_iot`: serve with hypercorn, one worker, graceful stop on SIGTERM."""
 
 import asyncio
+import logging
 import sys
 
 from hypercorn.asyncio import serve
@@ -16,7 +17,9 @@ def hypercorn_config(settings: Settings) -> Config:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_timeout
-    config.accesslog = "-"
+    # Hypercorn's lines go through our handler (one format, one stream) instead of its own.
+    config.accesslog = logging.getLogger("hypercorn.access")
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.access_log_format = f'%(h)s "%(r)s" %(s)s %(b)s %(D)sus [%({{{HEADER}}}o)s]'
     return config
 

@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     mqtt_topic: str = "iotsupport/updates/configs"
     mqtt_queue_size: int = Field(default=1000, gt=0)
 
+    @field_validator("esp32_configs_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must be the path of the configs directory, not empty")
+        return value
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _parse_origins(cls, value: Any) -> Any:
