@@ -180,6 +180,8 @@ class ConfigStore:
         self._body: bytes | None = None
         self._count = 0
         self._sweeper: asyncio.Task[None] | None = None
+        # Called (on the event loop, must not block) after each successful save.
+        self.saved_listeners: list[Callable[[StoredConfig], None]] = []
 
     def init_app(self, app: Quart) -> None:
         app.extensions["config_store"] = self
@@ -211,7 +213,10 @@ class ConfigStore:
     ) -> StoredConfig:
         """Create or replace a document, atomically and durably."""
         mac = canonical_mac(mac)
-        return await self._run(self._save, mac, content, precondition or Precondition())
+        document = await self._run(self._save, mac, content, precondition or Precondition())
+        for listener in self.saved_listeners:
+            listener(document)
+        return document
 
     async def delete(self, mac: str, precondition: Precondition | None = None) -> None:
         """Remove a document."""
