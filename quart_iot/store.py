@@ -392,14 +392,17 @@ class ConfigStore:
             if error.errno not in _UNUSABLE_ERRNOS:
                 raise
             raise _Unusable(error.strerror or "cannot be opened", self._lstat(path)) from None
-        with os.fdopen(fd, "rb") as file:
+        try:
             st = os.fstat(fd)
             signature = Signature.of(st)
             if not stat.S_ISREG(st.st_mode):
                 raise _Unusable("not a regular file", signature)
             if st.st_size > MAX_FILE_BYTES:
                 raise _Unusable("larger than 16 MiB", signature)
-            return signature, file.read()
+            with os.fdopen(fd, "rb", closefd=False) as file:
+                return signature, file.read()
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _lstat(path: Path) -> Signature:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from quart import Quart
-from quart.typing import TestClientProtocol
+from quart.typing import TestClientProtocol as Client
 
 from quart_iot.app import create_app
 from quart_iot.settings import Settings
@@ -37,7 +37,7 @@ async def app(settings: Settings) -> AsyncIterator[Quart]:
 
 
 @pytest.fixture
-def client(app: Quart) -> TestClientProtocol:
+def client(app: Quart) -> Client:
     return app.test_client()
 
 
