@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from quart import Quart
-from quart.typing import TestClientProtocol as Client
+from quart.typing import TestClientProtocol
 
 from quart_iot.app import create_app
 from quart_iot.settings import Settings
@@ -15,6 +15,7 @@ from quart_iot.store import ConfigStore
 
 MAC = "aa-bb-cc-dd-ee-ff"
 OTHER_MAC = "00-11-22-33-44-55"
+Client = TestClientProtocol
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def configs_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(configs_dir: Path) -> Settings:
-    return Settings(esp32_configs_dir=configs_dir, _env_file=None)  # type: ignore[call-arg]
+    return Settings(esp32_configs_dir=configs_dir, _env_file=None)
 
 
 @pytest.fixture

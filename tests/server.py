@@ -24,7 +24,9 @@ def free_port() -> int:
 class Server:
     """One `python -m quart_iot` process serving `directory` on a loopback port."""
 
-    def __init__(self, directory: Path, port: int | None = None, **env: str) -> None:
+    def __init__(
+        self, directory: Path, env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -34,7 +36,7 @@ class Server:
             "PORT": str(self.port),
             "HOST": "127.0.0.1",
             "LOG_LEVEL": "WARNING",
-            **env,
+            **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="quart_iot-server-", suffix=".log")[1])
@@ -83,7 +85,8 @@ class Server:
 
 @contextmanager
 def running_server(directory: Path, **env: str) -> Iterator[Server]:
-    server = Server(directory, **env)
+    """A started server with extra environment variables (MQTT_URL=..., say)."""
+    server = Server(directory, env)
     server.start()
     try:
         yield server

@@ -7,7 +7,7 @@ ORIGIN = "http://localhost:3000"
 
 
 def make_settings(configs_dir: Path, origins: list[str]) -> Settings:
-    return Settings(esp32_configs_dir=configs_dir, cors_origins=origins, _env_file=None)  # type: ignore[call-arg]
+    return Settings(esp32_configs_dir=configs_dir, cors_origins=origins, _env_file=None)
 
 
 async def test_allowed_origin_gets_cors_headers(configs_dir: Path) -> None:

@@ -75,5 +75,5 @@ def test_main_refuses_to_start_with_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_secret_key_is_not_shown(tmp_path: Path) -> None:
-    settings = Settings(esp32_configs_dir=tmp_path, secret_key="hunter2", _env_file=None)  # type: ignore[call-arg]
+    settings = Settings(esp32_configs_dir=tmp_path, secret_key="hunter2", _env_file=None)
     assert "hunter2" not in repr(settings)
