@@ -1,0 +1,1 @@
+"""The benchmark: `./pdmw run bench` (see docs/PERFORMANCE.md)."""
