@@ -1,6 +1,7 @@
 """Run the real service (`python -m quart_iot`) in its own process group, for end-to-end tests."""
 
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -25,9 +27,14 @@ class Server:
     """One `python -m quart_iot` process serving `directory` on a loopback port."""
 
     def __init__(
-        self, directory: Path, env: dict[str, str] | None = None, port: int | None = None
+        self,
+        directory: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        user: str | None = None,
     ) -> None:
         self.directory = directory
+        self.user = user  # run as this user: root ignores permission bits
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -49,6 +56,7 @@ class Server:
                 start_new_session=True,  # its own process group, so a kill takes all of it
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                **self._identity(),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -60,6 +68,12 @@ class Server:
             except httpx.TransportError:
                 time.sleep(0.05)
         raise RuntimeError("server did not start in time")
+
+    def _identity(self) -> dict[str, Any]:
+        if self.user is None:
+            return {}
+        entry = pwd.getpwnam(self.user)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
     def kill(self) -> None:
         """SIGKILL the whole process group: a crash, not a shutdown."""
