@@ -1,7 +1,14 @@
 """The config routes: list, get, the device endpoint, save and delete."""
 
 from quart import Blueprint, Response, request
-from quart_schema import document_headers, document_response, validate_request, validate_response
+from quart_schema import (
+    document_headers,
+    document_response,
+    tag_blueprint,
+    validate_request,
+    validate_response,
+)
+from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.http import quote_etag
 
 from quart_iot.apidocs import document_errors
@@ -16,8 +23,26 @@ from quart_iot.models import (
 from quart_iot.store import Precondition, current_store
 
 blueprint = Blueprint("configs", __name__)
+tag_blueprint(blueprint, ["configs"])
 
 DetailWithETag = tuple[ConfigDetail, int, dict[str, str]]
+DEVICE_METHODS = ["GET", "HEAD", "OPTIONS"]
+
+
+@blueprint.before_request
+async def device_document_is_read_only() -> None:
+    """PUT or DELETE on `<mac>.json` is 405 (the `<mac>` routes would call it a bad MAC)."""
+    mac = (request.view_args or {}).get("mac_address", "")
+    if mac.endswith(".json") and request.method not in DEVICE_METHODS:
+        raise MethodNotAllowed(valid_methods=DEVICE_METHODS)
+
+
+@blueprint.after_request
+async def device_document_allow(response: Response) -> Response:
+    """OPTIONS on `<mac>.json` lists only what the device endpoint answers."""
+    if request.method == "OPTIONS" and request.endpoint == "configs.get_device_config":
+        response.headers["Allow"] = ", ".join(DEVICE_METHODS)
+    return response
 
 
 @blueprint.get("/api/configs")
