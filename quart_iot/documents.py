@@ -3,10 +3,15 @@
 import hashlib
 import json
 import math
+import re
 import sys
 from typing import Any
 
 MAX_DEPTH = 64
+# A double holds at most 309 integer digits; int() refuses more than 4300 with a Python message.
+MAX_INT_DIGITS = 309
+# `\uD800`-`\uDFFF` escapes: a pair is one character, a lone one is not Unicode at all.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 Document = dict[str, Any]
 
@@ -27,6 +32,8 @@ def _parse_float(text: str) -> float:
 
 
 def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise InvalidJson("integer is too large for a double")
     value = int(text)
     if abs(value) > sys.float_info.max:
         raise InvalidJson("integer is too large for a double")
@@ -41,7 +48,8 @@ _decoder = json.JSONDecoder(
 def parse_json(data: bytes) -> Any:
     """Strict JSON: UTF-8 only, no NaN/Infinity, no overflowing numbers, bounded nesting."""
     try:
-        value = _decoder.decode(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        value = _decoder.decode(text)
     except UnicodeDecodeError:
         raise InvalidJson("not valid UTF-8") from None
     except RecursionError:
@@ -52,7 +60,17 @@ def parse_json(data: bytes) -> Any:
         raise InvalidJson(f"not valid JSON: {error}") from None
     if _depth_exceeds(value, MAX_DEPTH):
         raise InvalidJson(f"JSON is nested deeper than {MAX_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        raise InvalidJson("a string holds a lone UTF-16 surrogate, which is not Unicode")
     return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
