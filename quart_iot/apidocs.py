@@ -5,18 +5,39 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from quart import Quart, ResponseReturnValue, abort, send_from_directory
-from quart_schema import Info, QuartSchema, document_response, hide
+from quart_schema import DataSource, Info, QuartSchema, document_response, hide
 from quart_schema.openapi import OpenAPIProvider
 from swagger_ui_bundle import swagger_ui_path
+from werkzeug.routing import BaseConverter
 
 from quart_iot.models import ErrorBody
 
 DOCS_PATH = "/api/docs"
 ASSETS = {"swagger-ui-bundle.js", "swagger-ui.css"}
+# What a <mac_address> accepts (any case), so clients and fuzzers know it before they ask.
+MAC_SCHEMA = {
+    "type": "string",
+    "pattern": "^[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5}$",
+    "minLength": 17,
+    "maxLength": 17,
+    "examples": ["aa-bb-cc-dd-ee-ff"],
+}
 
 
 class _OpenAPIProvider(OpenAPIProvider):
-    """Documents empty (204) responses, and response headers where OpenAPI puts them."""
+    """Documents MAC path parameters, empty (204) responses, and response headers."""
+
+    def build_path_parameter(self, name: str, converter: BaseConverter) -> dict[str, Any]:
+        parameter = super().build_path_parameter(name, converter)
+        if name == "mac_address":
+            parameter["schema"] = dict(MAC_SCHEMA)
+        return parameter
+
+    def build_request_body(
+        self, model: Any, source: DataSource
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        body, components = super().build_request_body(model, source)
+        return {**body, "required": True}, components  # a PUT without a body is refused
 
     def build_response_object(
         self, model: Any, headers_model: Any
