@@ -12,6 +12,7 @@ from quart_iot.errors import register_error_handlers
 from quart_iot.jsonrequest import StrictJSONRequest
 from quart_iot.logs import configure_logging
 from quart_iot.metrics import Metrics
+from quart_iot.notifications import Notifications
 from quart_iot.settings import Settings, load_settings
 from quart_iot.store import ConfigStore
 
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     CorrelationIds().init_app(app)
     ConfigStore(settings.esp32_configs_dir).init_app(app)
     Metrics().init_app(app)
+    Notifications(settings).init_app(app)
     register_error_handlers(app)
     app.register_blueprint(configs.blueprint)
     app.register_blueprint(health.blueprint)

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
 from quart_iot.documents import Document, summary_fields
 
 StorageState = Literal["read-write", "read-only", "unavailable"]
+MqttState = Literal["connected", "disconnected", "disabled"]
 
 
 class ConfigSummary(BaseModel):
@@ -64,6 +65,9 @@ class Health(BaseModel):
     status: Literal["healthy", "unhealthy"]
     reason: str | None = None
     storage: StorageState
+    mqtt: MqttState | None = Field(
+        default=None, description="Change notifications; information only, never unhealthy"
+    )
 
 
 class Liveness(BaseModel):

@@ -4,6 +4,7 @@ import json
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -28,7 +29,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     shutdown_timeout: float = Field(default=10.0, ge=0)
 
-    mqtt_url: str | None = None
+    mqtt_url: str | None = Field(default=None, repr=False)  # may hold a password
     mqtt_username: str | None = None
     mqtt_password: str | None = Field(default=None, repr=False)
     mqtt_topic: str = "iotsupport/updates/configs"
@@ -39,6 +40,31 @@ class Settings(BaseSettings):
     def _not_empty(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             raise ValueError("must be the path of the configs directory, not empty")
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str | None) -> str | None:
+        # The messages never repeat the URL: it may hold a password.
+        if value is None or not value.strip():
+            return None  # MQTT_URL= (empty) leaves notifications off
+        url = urlsplit(value.strip())
+        usage = "must be mqtt://host[:port] or mqtts://host[:port]"
+        if url.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"{usage} (unknown scheme)")
+        try:
+            port = url.port
+        except ValueError:
+            raise ValueError(f"{usage} (bad port)") from None
+        if port == 0 or not url.hostname or url.path not in ("", "/") or url.query:
+            raise ValueError(usage)
+        return value.strip()
+
+    @field_validator("mqtt_topic")
+    @classmethod
+    def _check_mqtt_topic(cls, value: str) -> str:
+        if not value or any(char in value for char in "+#\0"):
+            raise ValueError("must be a topic name, without the wildcards + and #")
         return value
 
     @field_validator("cors_origins", mode="before")

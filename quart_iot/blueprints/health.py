@@ -4,6 +4,7 @@ from quart import Blueprint
 from quart_schema import validate_response
 
 from quart_iot.models import Health, Liveness
+from quart_iot.notifications import mqtt_state
 from quart_iot.store import current_store
 
 blueprint = Blueprint("health", __name__)
@@ -15,9 +16,10 @@ blueprint = Blueprint("health", __name__)
 async def health() -> tuple[Health, int]:
     """Readiness: 503 when the configs directory is missing, not a directory or unreadable."""
     storage, reason = await current_store().health()
+    mqtt = mqtt_state()  # information only: a broker that is down never makes us unready
     if reason is not None:
-        return Health(status="unhealthy", reason=reason, storage="unavailable"), 503
-    return Health(status="healthy", storage=storage), 200
+        return Health(status="unhealthy", reason=reason, storage="unavailable", mqtt=mqtt), 503
+    return Health(status="healthy", storage=storage, mqtt=mqtt), 200
 
 
 @blueprint.get("/api/health/live")
