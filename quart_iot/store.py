@@ -3,7 +3,7 @@
 Writes are atomic and durable (temp file, fsync, rename, directory fsync) and serialised
 across threads, processes and replicas by an flock, so conditional writes decide atomically.
 The list is answered from a cache that is validated against the directory on every request:
-one stat of the directory when nothing changed, a scandir compared by inode when it did,
+one stat of the directory when nothing changed, a scandir and a stat of each name when it did,
 and a background sweep that catches in-place rewrites (which leave the directory alone).
 """
 
@@ -293,24 +293,36 @@ class ConfigStore:
                 return self._body, self._count
 
     def _rescan(self) -> None:
-        found: dict[str, int] = {}
-        ignored: dict[str, int] = {}
-        with os.scandir(self.directory) as entries:
-            for item in entries:
-                if _CONFIG_NAME.fullmatch(item.name):
-                    found[item.name] = item.inode()
-                elif item.name != LOCK_NAME and not _TEMP_NAME.fullmatch(item.name):
-                    ignored[item.name] = item.inode()
+        found, ignored = self._scan()
         self._warn_ignored(ignored)
-        for name, inode in found.items():
+        for name, signature in found.items():
             entry = self._entries.get(name)
-            if entry is None or entry.signature.ino != inode:
+            # The whole signature, not just the inode: a name replaced twice since the last
+            # scan can get its first inode back (ext4 reuses a freed inode at once).
+            if entry is None or entry.signature != signature or entry.racy:
                 with contextlib.suppress(FileNotFoundError):
                     self._refresh(name)
         with self._lock:
             for name in self._entries.keys() - found.keys():
                 del self._entries[name]
                 self._body = None
+
+    def _scan(self) -> tuple[dict[str, Signature], dict[str, int]]:
+        """The signature of every config name, and the inode of every other name."""
+        found: dict[str, Signature] = {}
+        ignored: dict[str, int] = {}
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with os.scandir(fd) as entries:  # on a descriptor, each stat is a cheap fstatat
+                for item in entries:
+                    if _CONFIG_NAME.fullmatch(item.name):
+                        with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                            found[item.name] = Signature.of(item.stat(follow_symlinks=False))
+                    elif item.name != LOCK_NAME and not _TEMP_NAME.fullmatch(item.name):
+                        ignored[item.name] = item.inode()
+        finally:
+            os.close(fd)
+        return found, ignored
 
     def _warn_ignored(self, ignored: dict[str, int]) -> None:
         for name, inode in ignored.items():
