@@ -1,6 +1,7 @@
 """Helpers for the reliability tests: raw HTTP, directory snapshots, an unprivileged user."""
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -8,6 +9,8 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,32 +134,80 @@ def config_names(directory: Path) -> set[str]:
     return {p.name for p in directory.iterdir() if p.name != LOCK_NAME}
 
 
-def unprivileged_user() -> str | None:
-    """Whom to run the server as so permission bits count: None when we already are not root."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("quart-iot-test", "nobody"):
-        if _can_run_server_as(name):
-            return name
-    pytest.skip(
-        "permission faults need an unprivileged user: running as root, and neither "
-        "'quart-iot-test' nor 'nobody' can import quart_iot from this checkout"
-    )
+ROOT = os.geteuid() == 0
+# Root ignores permission bits. A server that must meet them runs as `nobody`, or, where
+# `nobody` cannot reach the interpreter (a venv under /root, say), as root without the two
+# capabilities that bypass them. Both through setpriv (util-linux, on every Debian).
+_AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+_WITHOUT_DAC_CAPS = [
+    "setpriv",
+    "--bounding-set=-dac_override,-dac_read_search",
+    "--inh-caps=-dac_override,-dac_read_search",
+]
 
 
-def _can_run_server_as(name: str) -> bool:
-    if shutil.which("id") is None or subprocess.run(["id", name], capture_output=True).returncode:
-        return False
-    probe = subprocess.run(
-        [sys.executable, "-c", "import quart_iot.app"],
-        user=name,
-        extra_groups=[],
-        cwd="/",
-        capture_output=True,
-        timeout=60,
-        env={**os.environ, "COVERAGE_PROCESS_START": ""},
-    )
-    return probe.returncode == 0
+@dataclass(frozen=True)
+class Unprivileged:
+    """How to start a server that permission bits apply to, and who must own its files."""
+
+    wrapper: tuple[str, ...] = ()
+    owner: str | None = None  # chown its directory to this user; None: ours is fine
+
+
+@functools.cache
+def _unprivileged() -> Unprivileged | None:
+    if not ROOT:
+        return Unprivileged()
+    for wrapper, owner in ((_AS_NOBODY, "nobody"), (_WITHOUT_DAC_CAPS, None)):
+        if _enforces_permissions(wrapper):
+            return Unprivileged(tuple(wrapper), owner)
+    return None
+
+
+def _enforces_permissions(wrapper: list[str]) -> bool:
+    """Whether a server started through `wrapper` runs and is refused a mode-000 file."""
+    with tempfile.NamedTemporaryFile() as closed:
+        os.chmod(closed.name, 0)
+        probe = (
+            f"import quart_iot.app\ntry: open({closed.name!r})\nexcept OSError: exit(0)\nexit(1)"
+        )
+        try:
+            result = subprocess.run(
+                [*wrapper, sys.executable, "-c", probe], cwd="/", capture_output=True, timeout=60
+            )
+        except OSError:
+            return False
+    return result.returncode == 0
+
+
+def can_enforce_permissions() -> bool:
+    """Whether a server can run where permission bits count."""
+    return _unprivileged() is not None
+
+
+def unprivileged() -> Unprivileged:
+    """How to run a server that permission bits apply to; skips the test when impossible."""
+    found = _unprivileged()
+    if found is None:
+        pytest.skip(
+            "permission faults need the server to run unprivileged: running as root, and "
+            "neither `setpriv --reuid=nobody` nor setpriv without CAP_DAC_OVERRIDE works here"
+        )
+    return found
+
+
+@contextlib.contextmanager
+def private_parent(user: str | None) -> Iterator[Path]:
+    """A fresh directory that `user` owns (pytest's tmp_path is closed to other users)."""
+    path = Path(tempfile.mkdtemp(prefix="quart-iot-test-"))
+    give_to(user, path)
+    try:
+        yield path
+    finally:
+        for root, dirs, _ in os.walk(path):
+            for name in dirs:
+                Path(root, name).chmod(0o755)  # what a test made unreadable, made removable
+        shutil.rmtree(path)
 
 
 def give_to(user: str | None, *paths: Path) -> None:

@@ -1,17 +1,15 @@
 """Run the real service (`python -m quart_iot`) in its own process group, for end-to-end tests."""
 
 import os
-import pwd
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -31,10 +29,10 @@ class Server:
         directory: Path,
         env: dict[str, str] | None = None,
         port: int | None = None,
-        user: str | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.directory = directory
-        self.user = user  # run as this user: root ignores permission bits
+        self.wrapper = list(wrapper)  # e.g. setpriv, to drop privileges (see tests/harness.py)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -51,12 +49,11 @@ class Server:
     def start(self, timeout: float = 20.0) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "quart_iot"],
+                [*self.wrapper, sys.executable, "-m", "quart_iot"],
                 env=self.env,
                 start_new_session=True,  # its own process group, so a kill takes all of it
                 stdout=subprocess.DEVNULL,
                 stderr=log,
-                **self._identity(),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -68,12 +65,6 @@ class Server:
             except httpx.TransportError:
                 time.sleep(0.05)
         raise RuntimeError("server did not start in time")
-
-    def _identity(self) -> dict[str, Any]:
-        if self.user is None:
-            return {}
-        entry = pwd.getpwnam(self.user)
-        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
     def kill(self) -> None:
         """SIGKILL the whole process group: a crash, not a shutdown."""
