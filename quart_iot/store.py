@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, ParamSpec, TypeVar, cast
+from typing import BinaryIO, NamedTuple, ParamSpec, TypeVar, cast
 
 import anyio.to_thread
 from quart import Quart, current_app
@@ -76,12 +76,36 @@ def canonical_mac(raw: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StoredConfig:
-    """A stored document: its bytes as on disk, parsed content and strong ETag (unquoted)."""
+    """A stored document: its bytes as on disk, its list item (JSON), strong ETag (unquoted)."""
 
     mac: str
     raw: bytes
-    content: Document
+    summary_json: bytes
     etag: str
+
+    @property
+    def content(self) -> Document:
+        """The parsed document (parsed on demand: serving it needs only its bytes)."""
+        return parse_document(self.raw)
+
+    def detail_json(self) -> bytes:
+        """The Detail body: the summary and the document, as stored when that is UTF-8 JSON."""
+        content = self.raw.rstrip()
+        if b"\\u" in content:  # escapes (from another tool): the API serves non-ASCII as is
+            content = json.dumps(self.content, ensure_ascii=False).encode()
+        return self.summary_json[:-1] + b',"content":' + content + b"}"
+
+
+def summary_json(mac: str, content: Document) -> bytes:
+    """The list item of a document, rendered once per version of its file."""
+    name, entity, ota = summary_fields(content)
+    summary = {
+        "mac_address": mac,
+        "device_name": name,
+        "device_entity_id": entity,
+        "enable_ota": ota,
+    }
+    return json.dumps(summary, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,27 +380,23 @@ class ConfigStore:
             racy = started - error.signature.mtime_ns < RACY_NS
             self._remember(name, _Entry(error.signature, read_at, racy, None, None, error.reason))
             return None
+        known = self._entries.get(name)
+        if known and known.signature == signature and not known.racy and known.summary_json:
+            # The very bytes the cache was made from: they were strict JSON then.
+            return StoredConfig(name[:-5], data, known.summary_json, etag_of(data))
         racy = started - signature.mtime_ns < RACY_NS
         try:
             content = parse_document(data)
         except InvalidJson as error:
             self._remember(name, _Entry(signature, read_at, racy, None, None, str(error)))
             return None
-        document = StoredConfig(name[:-5], data, content, etag_of(data))
+        document = StoredConfig(name[:-5], data, summary_json(name[:-5], content), etag_of(data))
         self._remember(name, self._entry_for(document, signature, read_at, racy))
         return document
 
     @staticmethod
     def _entry_for(doc: StoredConfig, signature: Signature, read_at: int, racy: bool) -> _Entry:
-        name, entity, ota = summary_fields(doc.content)
-        summary = {
-            "mac_address": doc.mac,
-            "device_name": name,
-            "device_entity_id": entity,
-            "enable_ota": ota,
-        }
-        summary_json = json.dumps(summary, ensure_ascii=False, separators=(",", ":")).encode()
-        return _Entry(signature, read_at, racy, summary_json, doc.etag)
+        return _Entry(signature, read_at, racy, doc.summary_json, doc.etag)
 
     def _remember(self, name: str, entry: _Entry) -> None:
         with self._lock:
@@ -412,9 +432,21 @@ class ConfigStore:
             if st.st_size > MAX_FILE_BYTES:
                 raise _Unusable("larger than 16 MiB", signature)
             with os.fdopen(fd, "rb", closefd=False) as file:
-                return signature, file.read()
+                return self._read_stable(fd, file, signature)
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _read_stable(fd: int, file: BinaryIO, signature: Signature) -> tuple[Signature, bytes]:
+        """The bytes, and a signature taken before and after reading them (so they match)."""
+        data = file.read(MAX_FILE_BYTES + 1)
+        for _ in range(2):  # rewritten in place meanwhile: read again
+            after = Signature.of(os.fstat(fd))
+            if after == signature:
+                break
+            file.seek(0)
+            signature, data = after, file.read(MAX_FILE_BYTES + 1)
+        return signature, data
 
     @staticmethod
     def _lstat(path: Path) -> Signature:
@@ -459,7 +491,7 @@ class ConfigStore:
                 os.close(fd)
                 _unlink_quietly(temp)
             self._fsync_dir()
-        document = StoredConfig(mac, data, content, etag_of(data))
+        document = StoredConfig(mac, data, summary_json(mac, content), etag_of(data))
         self._remember(name, self._entry_for(document, signature, time.monotonic_ns(), True))
         return document
 

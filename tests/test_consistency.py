@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from quart_iot.documents import Document, parse_document
 from quart_iot.store import ConfigStore, Signature
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
 from tests.server import running_server
@@ -247,3 +248,27 @@ async def test_a_save_reads_no_other_file_and_the_list_and_gauge_stay_cheap(
         assert len(await names(client)) == 51
         assert "iot_config_files_count 51" in (await (await client.get("/metrics")).get_data(True))
     assert set(read) <= {f"{THIRD_MAC}.json"}
+
+
+async def test_get_parses_a_file_again_only_when_it_changed(
+    client: Client, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(configs_dir, MAC, {"deviceName": "one"})
+    os.utime(path, ns=(OLD_NS, OLD_NS))
+    assert (await client.get(f"/api/configs/{MAC}")).status_code == 200
+    parsed: list[bytes] = []
+
+    def counting(data: bytes) -> Document:
+        parsed.append(data)
+        return parse_document(data)
+
+    monkeypatch.setattr("quart_iot.store.parse_document", counting)
+    for _ in range(3):
+        body = await (await client.get(f"/api/configs/{MAC}")).get_json()
+        assert body["device_name"] == "one"
+        assert body["content"] == {"deviceName": "one"}
+    assert parsed == []
+    replace_by_rename(configs_dir, MAC, {"deviceName": "two"})  # same size
+    body = await (await client.get(f"/api/configs/{MAC}")).get_json()
+    assert (body["device_name"], body["content"]) == ("two", {"deviceName": "two"})
+    assert parsed

@@ -6,10 +6,8 @@ from quart_schema import (
     document_response,
     tag_blueprint,
     validate_request,
-    validate_response,
 )
 from werkzeug.exceptions import MethodNotAllowed
-from werkzeug.http import quote_etag
 
 from quart_iot.apidocs import document_errors
 from quart_iot.models import (
@@ -20,12 +18,11 @@ from quart_iot.models import (
     DeviceDocument,
     ETagHeader,
 )
-from quart_iot.store import Precondition, current_store
+from quart_iot.store import Precondition, StoredConfig, current_store
 
 blueprint = Blueprint("configs", __name__)
 tag_blueprint(blueprint, ["configs"])
 
-DetailWithETag = tuple[ConfigDetail, int, dict[str, str]]
 DEVICE_METHODS = ["GET", "HEAD", "OPTIONS"]
 
 
@@ -54,12 +51,11 @@ async def list_configs() -> Response:
 
 
 @blueprint.get("/api/configs/<mac_address>")
-@validate_response(ConfigDetail, headers_model_class=ETagHeader)
+@document_response(ConfigDetail, headers_model_class=ETagHeader)
 @document_errors(400, 404, 422, 503)
-async def get_config(mac_address: str) -> DetailWithETag:
+async def get_config(mac_address: str) -> Response:
     """Get one device config with its summary fields."""
-    stored = await current_store().get(mac_address)
-    return ConfigDetail.from_content(stored.mac, stored.content), 200, etag_header(stored.etag)
+    return detail_response(await current_store().get(mac_address))
 
 
 @blueprint.get("/api/configs/<mac_address>.json")
@@ -78,13 +74,13 @@ async def get_device_config(mac_address: str) -> Response:
 
 @blueprint.put("/api/configs/<mac_address>")
 @validate_request(ConfigSave)
-@validate_response(ConfigDetail, headers_model_class=ETagHeader)
+@document_response(ConfigDetail, headers_model_class=ETagHeader)
 @document_headers(ConditionalHeaders)
 @document_errors(400, 409, 412, 413, 415, 503)
-async def save_config(mac_address: str, data: ConfigSave) -> DetailWithETag:
+async def save_config(mac_address: str, data: ConfigSave) -> Response:
     """Create or replace a device config (409 if it exists and allow_overwrite is false)."""
     stored = await current_store().save(mac_address, data.content, precondition(data))
-    return ConfigDetail.from_content(stored.mac, stored.content), 200, etag_header(stored.etag)
+    return detail_response(stored)
 
 
 @blueprint.delete("/api/configs/<mac_address>")
@@ -106,8 +102,11 @@ def precondition(data: ConfigSave | None = None) -> Precondition:
     )
 
 
-def etag_header(etag: str) -> dict[str, str]:
-    return {"ETag": quote_etag(etag)}
+def detail_response(stored: StoredConfig) -> Response:
+    """Detail from the cached list item and the stored bytes: no model, nothing re-encoded."""
+    response = Response(stored.detail_json(), content_type="application/json")
+    response.set_etag(stored.etag)
+    return response
 
 
 def device_response(body: bytes, etag: str, status: int = 200) -> Response:
