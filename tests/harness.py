@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 
-from quart_iot.store import LOCK_NAME
-
 ERROR_KEYS = {"error", "code", "details", "correlationId"}
 
 
@@ -128,10 +126,6 @@ def temp_files(directory: Path) -> list[str]:
 
 def json_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.endswith(".json"))
-
-
-def config_names(directory: Path) -> set[str]:
-    return {p.name for p in directory.iterdir() if p.name != LOCK_NAME}
 
 
 ROOT = os.geteuid() == 0
