@@ -8,6 +8,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from quart_iot.__main__ import main as serve
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,11 +22,10 @@ def main() -> int:
         print(f"dev: prepared {directory} with the example configs", file=sys.stderr)
     os.environ.setdefault("PORT", "3201")
     print(
-        f"dev: serving {directory} on http://127.0.0.1:{os.environ['PORT']}"
-        " (docs at /api/docs)",
+        f"dev: serving {directory} on http://127.0.0.1:{os.environ['PORT']} (docs at /api/docs)",
         file=sys.stderr,
     )
-    os.execv(sys.executable, [sys.executable, "-m", "quart_iot"])
+    return serve()
 
 
 if __name__ == "__main__":
