@@ -29,6 +29,7 @@ import anyio.to_thread
 from quart import Quart, current_app
 from werkzeug.datastructures import ETags
 
+from quart_iot.batches import BatchedThreads
 from quart_iot.documents import (
     Document,
     InvalidJson,
@@ -65,6 +66,8 @@ _UNUSABLE_ERRNOS = {errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENXIO, errno.E
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+_reads = BatchedThreads()  # shared by every store in the process, as anyio's threads are
 
 
 def canonical_mac(raw: str) -> str:
@@ -216,21 +219,21 @@ class ConfigStore:
 
     async def list_json(self) -> bytes:
         """The list response body, `{"configs": [...], "count": n}`."""
-        body, _ = await self._run(self._listing)
+        body, _ = await self._read(self._listing)
         return body
 
     async def count(self) -> int:
         """How many usable configs the directory holds now."""
-        _, count = await self._run(self._listing)
+        _, count = await self._read(self._listing)
         return count
 
     async def get(self, mac: str) -> StoredConfig:
         """The stored document of one device."""
-        return await self._run(self._get, canonical_mac(mac))
+        return await self._read(self._get, canonical_mac(mac))
 
     async def current_etag(self, mac: str) -> str:
         """The ETag of one device's document, without reading it when it has not changed."""
-        return await self._run(self._current_etag, canonical_mac(mac))
+        return await self._read(self._current_etag, canonical_mac(mac))
 
     async def save(
         self, mac: str, content: Document, precondition: Precondition | None = None
@@ -254,6 +257,11 @@ class ConfigStore:
     @staticmethod
     async def _run(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs))
+
+    @staticmethod
+    async def _read(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """The hot reads, mostly answered from the cache: a cheaper, batched hop."""
+        return await _reads.run(lambda: func(*args, **kwargs))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
