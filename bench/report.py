@@ -10,13 +10,21 @@ CEILING = "ceiling"
 
 
 @dataclass(frozen=True)
+class Pair:
+    """One run of a scenario and of the ceiling just before it (the machine is shared)."""
+
+    ceiling: Measurement
+    measured: Measurement
+
+
+@dataclass(frozen=True)
 class SizeResult:
-    """Every run at one directory size: runs[i] maps scenario name to its measurement."""
+    """Every run at one directory size: runs[i] maps scenario name to its pair."""
 
     documents: int
     total_bytes: int
     peak_memory: int
-    runs: list[dict[str, Measurement]]
+    runs: list[dict[str, Pair]]
 
 
 @dataclass(frozen=True)
@@ -33,22 +41,27 @@ class Row:
 
 
 def rows(result: SizeResult) -> list[Row]:
-    """One row per scenario, in the order they ran."""
-    return [_row(result.runs, name) for name in result.runs[0]]
+    """The ceiling (every run of it), then one row per scenario, in the order they ran."""
+    ceilings = [Pair(pair.ceiling, pair.ceiling) for run in result.runs for pair in run.values()]
+    scenarios = result.runs[0]
+    return [
+        _row(CEILING, ceilings),
+        *(_row(name, [run[name] for run in result.runs]) for name in scenarios),
+    ]
 
 
-def _row(runs: list[dict[str, Measurement]], name: str) -> Row:
-    def median(value: Callable[[dict[str, Measurement]], float]) -> float:
-        return statistics.median(value(run) for run in runs)
+def _row(name: str, pairs: list[Pair]) -> Row:
+    def median(value: Callable[[Pair], float]) -> float:
+        return statistics.median(value(pair) for pair in pairs)
 
     return Row(
         scenario=name,
-        rps=median(lambda run: run[name].rps),
-        ratio=median(lambda run: run[name].rps / run[CEILING].rps),
-        p50_ms=median(lambda run: run[name].p50_ms),
-        p99_ms=median(lambda run: run[name].p99_ms),
-        p99_ratio=median(lambda run: run[name].p99_ms / run[CEILING].p99_ms),
-        cpu_us=median(lambda run: run[name].cpu_us_per_request),
+        rps=median(lambda pair: pair.measured.rps),
+        ratio=median(lambda pair: pair.measured.rps / pair.ceiling.rps),
+        p50_ms=median(lambda pair: pair.measured.p50_ms),
+        p99_ms=median(lambda pair: pair.measured.p99_ms),
+        p99_ratio=median(lambda pair: pair.measured.p99_ms / pair.ceiling.p99_ms),
+        cpu_us=median(lambda pair: pair.measured.cpu_us_per_request),
     )
 
 

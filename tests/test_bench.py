@@ -2,7 +2,7 @@ import json
 from pathlib import Path
 
 from bench.documents import fill_directory, mac_of, make_document
-from bench.report import SizeResult, markdown, targets
+from bench.report import Pair, SizeResult, markdown, targets
 from bench.wrk import Measurement, measurement, parse_wrk
 from quart_iot.documents import dump_document, parse_document
 from quart_iot.store import canonical_mac
@@ -45,7 +45,7 @@ def test_bench_reads_wrk_output_and_judges_targets() -> None:
     ceiling = measurement("ceiling", parse_wrk(f"Running 3s test\n{line}\n"), cpu=0.6)
     assert (ceiling.rps, ceiling.p99_ms, ceiling.cpu_us_per_request) == (1000, 4, 200)
     half = Measurement("list", 500, 1.0, 9.0, 300.0, 1500, ceiling.errors)
-    result = SizeResult(200, 400_000, 60_000_000, [{"ceiling": ceiling, "list": half}])
+    result = SizeResult(200, 400_000, 60_000_000, [{"list": Pair(ceiling, half)}])
     verdicts = {target.label: target.passed for target in targets({200: result})}
     assert verdicts["list >= 60% of ceiling"] is False
     assert verdicts["list p99 <= 2x ceiling p99"] is False
