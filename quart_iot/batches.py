@@ -1,11 +1,12 @@
-"""Quick blocking calls run in a few threads, their results handed back to the loop in batches.
+"""Blocking calls run in a few threads, their results handed back to the loop in batches.
 
 anyio.to_thread hops once per call: wake a worker, hand the GIL over, wake the event loop,
-hand it back. For a read answered from a cache that hop costs more than the answer (about
-a third of a whole request, measured by bench/). Here a worker takes every call waiting
-(up to BATCH), runs them, and wakes each event loop once for all of them. A call whose
-awaiting task is cancelled still runs; its result is dropped. That suits reads; writes keep
-anyio's hop, which waits for them to finish and lets their fsyncs run in parallel.
+hand it back, with one thread per call in flight all contending for the GIL. For a read
+answered from a cache that hop costs more than the answer (about a third of a request), and
+32 writers in 32 threads spend more CPU handing the GIL around than writing (bench/ measures
+both). Here a worker takes every call waiting (up to BATCH), runs them one after the other,
+and wakes each event loop once for all of them. A call runs to the end even if the task
+awaiting it is cancelled.
 """
 
 import asyncio
@@ -42,13 +43,17 @@ class BatchedThreads:
         self._start_lock = threading.Lock()
 
     async def run(self, func: Callable[[], R]) -> R:
-        """func() in a worker thread."""
+        """func() in a worker thread (cancelling the wait drops the result, not the call)."""
+        return await self.submit(func)
+
+    def submit(self, func: Callable[[], R]) -> "asyncio.Future[R]":
+        """A future of func(), run in a worker thread; call from the event loop."""
         if not self._started:
             self._start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._calls.put(_Call(loop, future, contextvars.copy_context(), func))
-        return await future
+        return future
 
     def _start(self) -> None:
         with self._start_lock:

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, ParamSpec, TypeVar, cast
 
@@ -67,7 +68,10 @@ _UNUSABLE_ERRNOS = {errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENXIO, errno.E
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_reads = BatchedThreads()  # shared by every store in the process, as anyio's threads are
+# Shared by every store in the process, as anyio's threads are; apart, so that a slow fsync
+# never holds up a read.
+_reads = BatchedThreads()
+_writes = BatchedThreads()
 
 
 def canonical_mac(raw: str) -> str:
@@ -240,15 +244,16 @@ class ConfigStore:
     ) -> StoredConfig:
         """Create or replace a document, atomically and durably."""
         mac = canonical_mac(mac)
-        document = await self._run(self._save, mac, content, precondition or Precondition())
-        for listener in self.saved_listeners:
-            listener(document)
-        return document
+        saving = _writes.submit(partial(self._save, mac, content, precondition or Precondition()))
+        saving.add_done_callback(self._saved)  # a write that happened is told, whoever waits
+        return await asyncio.shield(saving)
 
     async def delete(self, mac: str, precondition: Precondition | None = None) -> None:
         """Remove a document."""
         mac = canonical_mac(mac)
-        await self._run(self._delete, mac, precondition or Precondition())
+        await asyncio.shield(
+            _writes.submit(partial(self._delete, mac, precondition or Precondition()))
+        )
 
     async def health(self) -> tuple[StorageState, str | None]:
         """("read-write" | "read-only" | "unavailable", the reason when unavailable)."""
@@ -262,6 +267,11 @@ class ConfigStore:
     async def _read(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """The hot reads, mostly answered from the cache: a cheaper, batched hop."""
         return await _reads.run(lambda: func(*args, **kwargs))
+
+    def _saved(self, saving: "asyncio.Future[StoredConfig]") -> None:
+        if saving.exception() is None:
+            for listener in self.saved_listeners:
+                listener(saving.result())
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -1,11 +1,16 @@
 import asyncio
 import contextvars
+import json
 import threading
+import time
 from functools import partial
+from pathlib import Path
 
 import pytest
 
 from quart_iot.batches import BatchedThreads
+from quart_iot.store import ConfigStore, StoredConfig
+from tests.conftest import MAC
 
 _request = contextvars.ContextVar("request", default="-")
 
@@ -51,3 +56,30 @@ async def test_a_cancelled_call_still_runs_and_its_result_is_dropped() -> None:
         await task
     assert await threads.run(lambda: "next") == "next"  # the worker survived the drop
     assert ran.is_set()
+
+
+async def test_a_save_whose_request_is_cancelled_still_lands_and_is_told(
+    store: ConfigStore, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    write_temp = ConfigStore._write_temp
+
+    def held(self: ConfigStore, name: str, data: bytes) -> tuple[Path, int]:
+        started.set()
+        release.wait(10)
+        return write_temp(self, name, data)
+
+    monkeypatch.setattr(ConfigStore, "_write_temp", held)
+    told: list[StoredConfig] = []
+    store.saved_listeners.append(told.append)
+    task = asyncio.create_task(store.save(MAC, {"deviceName": "x"}))
+    assert await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 10
+    while not told and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert [stored.mac for stored in told] == [MAC]
+    assert json.loads((configs_dir / f"{MAC}.json").read_bytes()) == {"deviceName": "x"}
