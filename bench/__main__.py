@@ -46,7 +46,7 @@ CEILING_SCENARIO = Scenario(CEILING, "/api/health/live")
 def scenarios(work: Path, etag: str) -> list[Scenario]:
     """The config routes, each measured right after the ceiling."""
     body = work / "put-body.json"
-    body.write_text(json.dumps({"content": make_document(10**6)}), encoding="utf-8")
+    body.write_text(json.dumps({"content": make_document(10**6 + 1)}), encoding="utf-8")
     return [
         Scenario("list", "/api/configs"),
         Scenario("get", f"/api/configs/{READ_MAC}"),

@@ -272,3 +272,9 @@ async def test_get_parses_a_file_again_only_when_it_changed(
     body = await (await client.get(f"/api/configs/{MAC}")).get_json()
     assert (body["device_name"], body["content"]) == ("two", {"deviceName": "two"})
     assert parsed
+
+
+def test_a_sweep_of_a_vanished_directory_does_nothing(tmp_path: Path) -> None:
+    store = ConfigStore(tmp_path / "missing")
+    store._sweep()
+    assert store._entries == {}
