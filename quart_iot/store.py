@@ -335,23 +335,20 @@ class ConfigStore:
                 return self._body, self._count
 
     def _rescan(self) -> None:
-        found, ignored = self._scan()
+        seen, stale, ignored = self._scan()
         self._warn_ignored(ignored)
-        for name, signature in found.items():
-            entry = self._entries.get(name)
-            # The whole signature, not just the inode: a name replaced twice since the last
-            # scan can get its first inode back (ext4 reuses a freed inode at once).
-            if entry is None or entry.signature != signature or entry.racy:
-                with contextlib.suppress(FileNotFoundError):
-                    self._refresh(name)
+        for name in stale:
+            with contextlib.suppress(FileNotFoundError):
+                self._refresh(name)
         with self._lock:
-            for name in self._entries.keys() - found.keys():
+            for name in self._entries.keys() - seen:
                 del self._entries[name]
                 self._body = None
 
-    def _scan(self) -> tuple[dict[str, Signature], dict[str, int]]:
-        """The signature of every config name, and the inode of every other name."""
-        found: dict[str, Signature] = {}
+    def _scan(self) -> tuple[set[str], list[str], dict[str, int]]:
+        """Every config name, those whose entry is stale, and the inode of every other name."""
+        seen: set[str] = set()
+        stale: list[str] = []
         ignored: dict[str, int] = {}
         fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -359,12 +356,20 @@ class ConfigStore:
                 for item in entries:
                     if _CONFIG_NAME.fullmatch(item.name):
                         with contextlib.suppress(FileNotFoundError):  # removed meanwhile
-                            found[item.name] = Signature.of(item.stat(follow_symlinks=False))
+                            if self._stale(item.name, item.stat(follow_symlinks=False)):
+                                stale.append(item.name)
+                            seen.add(item.name)
                     elif item.name != LOCK_NAME and not _TEMP_NAME.fullmatch(item.name):
                         ignored[item.name] = item.inode()
         finally:
             os.close(fd)
-        return found, ignored
+        return seen, stale, ignored
+
+    def _stale(self, name: str, st: os.stat_result) -> bool:
+        # The whole signature, not just the inode: a name replaced twice since the last
+        # scan can get its first inode back (ext4 reuses a freed inode at once).
+        entry = self._entries.get(name)
+        return entry is None or entry.signature != Signature.of(st) or entry.racy
 
     def _warn_ignored(self, ignored: dict[str, int]) -> None:
         for name, inode in ignored.items():
