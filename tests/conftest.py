@@ -18,6 +18,13 @@ OTHER_MAC = "00-11-22-33-44-55"
 Client = TestClientProtocol
 
 
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No setting exported in the shell running the tests (MQTT_URL, say) leaks into them."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
 @pytest.fixture
 def configs_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "configs"
