@@ -121,7 +121,7 @@ def write_results(results: dict[int, SizeResult], args: argparse.Namespace) -> s
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(page, encoding="utf-8")
     raw = {
-        "settings": {key: str(value) for key, value in vars(args).items()},
+        "settings": {key: str(value) for key, value in vars(args).items() if key != "out"},
         "sizes": [asdict(result) for result in results.values()],
         "targets": [asdict(target) for target in targets(results)],
     }
