@@ -4,8 +4,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
 
-from quart_iot.documents import Document, summary_fields
-
 StorageState = Literal["read-write", "read-only", "unavailable"]
 MqttState = Literal["connected", "disconnected", "disabled"]
 
@@ -18,29 +16,11 @@ class ConfigSummary(BaseModel):
     device_entity_id: str | None
     enable_ota: bool | None
 
-    @classmethod
-    def from_content(cls, mac: str, content: Document) -> "ConfigSummary":
-        name, entity, ota = summary_fields(content)
-        return cls.model_construct(
-            mac_address=mac, device_name=name, device_entity_id=entity, enable_ota=ota
-        )
-
 
 class ConfigDetail(ConfigSummary):
     """One device's config: its summary and the document as saved."""
 
     content: dict[str, Any]
-
-    @classmethod
-    def from_content(cls, mac: str, content: Document) -> "ConfigDetail":
-        name, entity, ota = summary_fields(content)
-        return cls.model_construct(
-            mac_address=mac,
-            device_name=name,
-            device_entity_id=entity,
-            enable_ota=ota,
-            content=content,
-        )
 
 
 class ConfigList(BaseModel):
