@@ -208,6 +208,7 @@ class ConfigStore:
         self._ignored: dict[str, int] = {}
         self._dir_signature: Signature | None = None
         self._dir_racy = True
+        self._checked_at = 0  # monotonic ns when the last successful check of it began
         self._body: bytes | None = None
         self._count = 0
         self._sweeper: asyncio.Task[None] | None = None
@@ -223,12 +224,12 @@ class ConfigStore:
 
     async def list_json(self) -> bytes:
         """The list response body, `{"configs": [...], "count": n}`."""
-        body, _ = await self._read(self._listing)
+        body, _ = await self._read(self._listing, time.monotonic_ns())
         return body
 
     async def count(self) -> int:
         """How many usable configs the directory holds now."""
-        _, count = await self._read(self._listing)
+        _, count = await self._read(self._listing, time.monotonic_ns())
         return count
 
     async def get(self, mac: str) -> StoredConfig:
@@ -319,20 +320,29 @@ class ConfigStore:
             return "unavailable", "the configs directory is not readable"
         return ("read-write" if os.access(self.directory, os.W_OK) else "read-only"), None
 
-    def _listing(self) -> tuple[bytes, int]:
+    def _listing(self, arrived: int) -> tuple[bytes, int]:
+        """The list body and count, as the directory was at some moment after `arrived`."""
         with self._scan_lock:
-            started = time.time_ns()
-            st = self._stat_dir()
-            signature = Signature.of(st)
-            if signature != self._dir_signature or self._dir_racy:
-                with _storage_errors("scan of the configs directory"):
-                    self._rescan()
-                self._dir_signature = signature
-                self._dir_racy = started - st.st_mtime_ns < RACY_NS
+            # A check that began after this request arrived saw every change made before:
+            # requests that queued behind one check (a long rescan) share it.
+            if self._checked_at <= arrived:
+                checking = time.monotonic_ns()
+                self._check_directory()
+                self._checked_at = checking
             with self._lock:
                 if self._body is None:
                     self._body, self._count = self._render()
                 return self._body, self._count
+
+    def _check_directory(self) -> None:
+        started = time.time_ns()
+        st = self._stat_dir()
+        signature = Signature.of(st)
+        if signature != self._dir_signature or self._dir_racy:
+            with _storage_errors("scan of the configs directory"):
+                self._rescan()
+            self._dir_signature = signature
+            self._dir_racy = started - st.st_mtime_ns < RACY_NS
 
     def _rescan(self) -> None:
         seen, stale, ignored = self._scan()

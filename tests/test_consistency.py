@@ -278,3 +278,25 @@ def test_a_sweep_of_a_vanished_directory_does_nothing(tmp_path: Path) -> None:
     store = ConfigStore(tmp_path / "missing")
     store._sweep()
     assert store._entries == {}
+
+
+def test_lists_queued_behind_one_check_share_it(
+    configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(configs_dir, MAC, {"deviceName": "a"})
+    store = ConfigStore(configs_dir)
+    checks: list[int] = []
+    check_directory = ConfigStore._check_directory
+
+    def counting(self: ConfigStore) -> None:
+        checks.append(time.monotonic_ns())
+        check_directory(self)
+
+    monkeypatch.setattr(ConfigStore, "_check_directory", counting)
+    arrived = time.monotonic_ns()
+    assert store._listing(arrived)[1] == 1
+    assert store._listing(arrived)[1] == 1  # arrived before that check began: shares it
+    assert len(checks) == 1
+    write_config(configs_dir, OTHER_MAC, {"deviceName": "b"})
+    assert store._listing(time.monotonic_ns())[1] == 2  # arrived after: checks again
+    assert len(checks) == 2
