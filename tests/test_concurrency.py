@@ -10,7 +10,7 @@ import pytest
 
 from quart_iot.documents import dump_document
 from tests.harness import temp_files
-from tests.server import Server
+from tests.server import Server, running_server
 
 WRITERS = 8
 PUTS = 50
@@ -29,13 +29,8 @@ def _document(writer: int, seq: int) -> Document:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("concurrency") / "configs"
     directory.mkdir()
-    server = Server(directory)
-    server.start()
-    try:
+    with running_server(directory) as server:
         yield server
-    finally:
-        server.stop()
-        server.log.unlink(missing_ok=True)
 
 
 def _client(server: Server) -> httpx.AsyncClient:

@@ -13,7 +13,7 @@ from schemathesis import Case
 
 from quart_iot.app import create_app
 from quart_iot.settings import Settings
-from tests.server import Server
+from tests.server import Server, running_server
 
 # Kept small: the whole run takes well under a minute on two shared cores.
 MAX_EXAMPLES = 100
@@ -52,13 +52,8 @@ schema = schemathesis.openapi.from_dict(OPENAPI, config=CONFIG)
 def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("fuzz") / "configs"
     directory.mkdir()
-    server = Server(directory)
-    server.start()
-    try:
+    with running_server(directory) as server:
         yield server
-    finally:
-        server.stop()
-        server.log.unlink(missing_ok=True)
 
 
 @schema.parametrize()

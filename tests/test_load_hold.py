@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.harness import temp_files
-from tests.server import Server
+from tests.server import Server, running_server
 
 CONFIGS = 200
 CLIENTS = 32
@@ -100,13 +100,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
     directory.mkdir()
     for mac in MACS:
         (directory / f"{mac}.json").write_text(json.dumps(_document(mac, 0), indent=2))
-    server = Server(directory)
-    server.start()
-    try:
+    with running_server(directory) as server:
         yield server
-    finally:
-        server.stop()
-        server.log.unlink(missing_ok=True)
 
 
 async def test_load_hold_without_errors(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
