@@ -1,13 +1,14 @@
 """Probes: readiness (the configs directory is usable) and liveness (the process serves)."""
 
 from quart import Blueprint
-from quart_schema import validate_response
+from quart_schema import tag_blueprint, validate_response
 
 from quart_iot.models import Health, Liveness
 from quart_iot.notifications import mqtt_state
 from quart_iot.store import current_store
 
 blueprint = Blueprint("health", __name__)
+tag_blueprint(blueprint, ["health"])
 
 
 @blueprint.get("/api/health")
