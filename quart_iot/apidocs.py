@@ -11,13 +11,14 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.routing import BaseConverter
 
 from quart_iot.models import ErrorBody
+from quart_iot.store import MAC_PATTERN
 
 DOCS_PATH = "/api/docs"
 ASSETS = {"swagger-ui-bundle.js", "swagger-ui.css"}
 # What a <mac_address> accepts (any case), so clients and fuzzers know it before they ask.
 MAC_SCHEMA = {
     "type": "string",
-    "pattern": "^[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5}$",
+    "pattern": f"^{MAC_PATTERN}$",
     "minLength": 17,
     "maxLength": 17,
     "examples": ["aa-bb-cc-dd-ee-ff"],

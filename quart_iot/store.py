@@ -51,7 +51,8 @@ from quart_iot.models import StorageState
 
 log = logging.getLogger(__name__)
 
-_MAC = re.compile(r"[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}")
+MAC_PATTERN = r"[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5}"  # also published in the OpenAPI document
+_MAC = re.compile(MAC_PATTERN)
 _CONFIG_NAME = re.compile(r"[0-9a-f]{2}(?:-[0-9a-f]{2}){5}\.json")
 _TEMP_NAME = re.compile(r"\.[0-9a-f-]{17}\.json\.(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp")
 LOCK_NAME = ".quart_iot.lock"
@@ -360,19 +361,16 @@ class ConfigStore:
         seen: set[str] = set()
         stale: list[str] = []
         ignored: dict[str, int] = {}
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            with os.scandir(fd) as entries:  # on a descriptor, each stat is a cheap fstatat
-                for item in entries:
-                    if _CONFIG_NAME.fullmatch(item.name):
-                        with contextlib.suppress(FileNotFoundError):  # removed meanwhile
-                            if self._stale(item.name, item.stat(follow_symlinks=False)):
-                                stale.append(item.name)
-                            seen.add(item.name)
-                    elif item.name != LOCK_NAME and not _TEMP_NAME.fullmatch(item.name):
-                        ignored[item.name] = item.inode()
-        finally:
-            os.close(fd)
+        # On a descriptor, each entry's stat is a cheap fstatat.
+        with self._opened_dir() as fd, os.scandir(fd) as entries:
+            for item in entries:
+                if _CONFIG_NAME.fullmatch(item.name):
+                    with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                        if self._stale(item.name, item.stat(follow_symlinks=False)):
+                            stale.append(item.name)
+                        seen.add(item.name)
+                elif item.name != LOCK_NAME and not _TEMP_NAME.fullmatch(item.name):
+                    ignored[item.name] = item.inode()
         return seen, stale, ignored
 
     def _stale(self, name: str, st: os.stat_result) -> bool:
@@ -394,13 +392,10 @@ class ConfigStore:
 
     def _sweep(self) -> None:
         try:
-            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            with self._opened_dir() as fd:
+                self._sweep_in(fd)
         except OSError:
             return  # the directory is in trouble; health and requests report it
-        try:
-            self._sweep_in(fd)
-        finally:
-            os.close(fd)
 
     def _sweep_in(self, fd: int) -> None:
         for name, entry in list(self._entries.items()):
@@ -598,9 +593,14 @@ class ConfigStore:
             os.close(fd)
 
     def _fsync_dir(self) -> None:
+        with self._opened_dir() as fd:
+            os.fsync(fd)
+
+    @contextlib.contextmanager
+    def _opened_dir(self) -> Iterator[int]:
         fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.fsync(fd)
+            yield fd
         finally:
             os.close(fd)
 
