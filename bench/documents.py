@@ -32,7 +32,14 @@ def make_document(index: int) -> Document:
         for hour in sorted(rng.sample(range(24), 3))
     ]
     doc["tags"] = rng.sample(("indoor", "outdoor", "battery", "mains", "beta", "prod"), 3)
+    doc["changelog"] = [
+        {"version": f"1.{minor}.0", "by": f"team-{rng.randint(1, 12)}", "note": _NOTE % minor}
+        for minor in sorted(rng.sample(range(10), 3))
+    ]
     return doc
+
+
+_NOTE = "Reflashed over the air after the %d.x release; calibration and Wi-Fi settings kept."
 
 
 def _identity(index: int, rng: random.Random, room: str) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     app.request_class = StrictJSONRequest
     ApiDocs(title="quart_iot", version=version("quart-iot")).init_app(app)
     CorrelationIds().init_app(app)
-    ConfigStore(settings.esp32_configs_dir).init_app(app)
+    ConfigStore.from_settings(settings).init_app(app)
     Metrics().init_app(app)
     Notifications(settings).init_app(app)
     register_error_handlers(app)

@@ -72,8 +72,8 @@ class ConfigExists(ApiError):
 class ConfigUnreadable(ApiError):
     status, code = 422, "RECORD_UNREADABLE"
 
-    def __init__(self, mac: str) -> None:
-        super().__init__(f"Config {mac} exists but is not a readable JSON object file")
+    def __init__(self, mac: str, problem: str = "is not a readable JSON object file") -> None:
+        super().__init__(f"Config {mac} exists but {problem}")
 
 
 class PreconditionFailed(ApiError):
@@ -89,6 +89,39 @@ class StorageUnavailable(ApiError):
     def __init__(self, reason: str = "the configs directory cannot be used") -> None:
         super().__init__(f"Config storage is unavailable: {reason}")
         self.reason = reason
+
+
+class DocumentTooLarge(ApiError):
+    status, code = 413, "PAYLOAD_TOO_LARGE"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"The document would be stored as {size} bytes, more than the limit of {limit}",
+            {"stored_size": size, "limit": limit},
+        )
+
+
+class WritesBlocked(ApiError):
+    status, code = 503, "WRITES_BLOCKED"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"Config writes are blocked: the configs directory's write lock was held by "
+            f"someone else for more than {seconds:g} s; nothing was changed"
+        )
+
+
+class WriteNotConfirmed(ApiError):
+    """The change happened and is visible, but the disk did not confirm it is durable."""
+
+    status, code = 503, "WRITE_NOT_CONFIRMED"
+
+    def __init__(self, mac: str, change: str, etag: str | None) -> None:
+        super().__init__(
+            f"Config {mac} was {change} and is visible, but the disk did not confirm that the "
+            "change is durable: a crash of the storage server may undo it",
+            {"change": change, "etag": etag},
+        )
 
 
 _HTTP_CODES = {

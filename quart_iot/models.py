@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
 
-StorageState = Literal["read-write", "read-only", "unavailable"]
+StorageState = Literal["read-write", "read-only", "writes-blocked", "unavailable"]
 MqttState = Literal["connected", "disconnected", "disabled"]
 
 

@@ -23,7 +23,10 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     debug: bool = False
     secret_key: str = Field(default_factory=lambda: secrets.token_hex(32), repr=False)
-    max_content_length: int = Field(default=1024 * 1024, gt=0)
+    # The largest request body and the largest document stored or read: one number, so that
+    # whatever a PUT was allowed to store can be read back.
+    max_content_length: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    lock_timeout: float = Field(default=5.0, gt=0, le=60)
     host: str = "127.0.0.1"
     port: int = Field(default=3201, ge=0, le=65535)
     log_level: str = "INFO"

@@ -43,11 +43,15 @@ from quart_iot.errors import (
     ConfigExists,
     ConfigNotFound,
     ConfigUnreadable,
+    DocumentTooLarge,
     InvalidMac,
     PreconditionFailed,
     StorageUnavailable,
+    WriteNotConfirmed,
+    WritesBlocked,
 )
 from quart_iot.models import StorageState
+from quart_iot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +65,11 @@ LOCK_NAME = ".quart_iot.lock"
 # changed this recently may change again without its mtime moving, so it is not trusted yet.
 RACY_NS = 2_000_000_000
 SWEEP_INTERVAL = 0.5
+TEMP_SWEEP_INTERVAL = 60.0
 STALE_TEMP_SECONDS = 300
-MAX_FILE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BYTES = 1024 * 1024  # MAX_CONTENT_LENGTH's default: the body and the file limit
+DEFAULT_LOCK_TIMEOUT = 5.0
+REMIND_SECONDS = 60.0
 
 _UNUSABLE_ERRNOS = {errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENXIO, errno.EISDIR}
 
@@ -147,7 +154,7 @@ class Signature(NamedTuple):
 class _Entry:
     """What the cache knows of one `<mac>.json` name."""
 
-    signature: Signature
+    signature: Signature | None  # None: seen absent (a tombstone)
     read_at: int  # monotonic ns when the read began: a later read wins
     racy: bool  # read so soon after its mtime that an identical signature proves nothing
     summary_json: bytes | None  # None: not a usable config
@@ -172,14 +179,52 @@ def _storage_reason(error: OSError) -> str:
     return "the configs directory cannot be used"
 
 
+class _Outage:
+    """Logs when reads (or writes) of the directory start failing and when they work again.
+
+    Not one line per failed request: a 150 s outage under load logged 33,380 identical lines.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._since: float | None = None
+        self._reminded = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def failing(self) -> bool:
+        return self._since is not None
+
+    def failed(self, reason: str, cause: object = None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._since is None:
+                self._since = self._reminded = now
+                log.warning("config %s fail: %s (%s)", self.what, reason, cause or reason)
+            elif now - self._reminded >= REMIND_SECONDS:
+                self._reminded = now
+                log.warning(
+                    "config %s still fail after %.0f s: %s", self.what, now - self._since, reason
+                )
+
+    def recovered(self) -> None:
+        if self._since is None:  # the common case, without taking the lock
+            return
+        with self._lock:
+            since, self._since = self._since, None
+        if since is not None:
+            log.warning("config %s work again after %.0f s", self.what, time.monotonic() - since)
+
+
 @contextlib.contextmanager
-def _storage_errors(action: str) -> Iterator[None]:
+def _storage_errors(action: str, outage: _Outage) -> Iterator[None]:
     """Any OSError not handled closer to its cause means the directory itself is in trouble."""
     try:
         yield
     except OSError as error:
-        log.warning("%s failed: %s", action, error)
-        raise StorageUnavailable(_storage_reason(error)) from None
+        reason = _storage_reason(error)
+        outage.failed(reason, f"{action} failed: {error}")
+        raise StorageUnavailable(reason) from None
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -200,9 +245,24 @@ def _pid_alive(pid: int) -> bool:
 class ConfigStore:
     """Extension: one JSON document per device in `directory`, named `<mac>.json`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_document_bytes: int = DEFAULT_MAX_BYTES,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
         self.directory = directory
+        # One limit for what a PUT may store and what a read accepts: what we accept we can
+        # read back (both come from MAX_CONTENT_LENGTH).
+        self.max_document_bytes = max_document_bytes
+        self.lock_timeout = lock_timeout
         self._owner = f"{socket.gethostname()}-{os.getpid()}"
+        self._reads_outage = _Outage("reads")
+        self._writes_outage = _Outage("writes")
+        self.writes_blocked = False  # the last wait for the write lock timed out
+        self.sync_fault: str | None = None  # a directory fsync failed after a change
+        self._writing: set[str] = set()  # this process's temp files being written
         self._lock = threading.Lock()  # guards the fields below
         self._scan_lock = threading.Lock()  # one directory rescan at a time
         self._entries: dict[str, _Entry] = {}
@@ -210,11 +270,20 @@ class ConfigStore:
         self._dir_signature: Signature | None = None
         self._dir_racy = True
         self._checked_at = 0  # monotonic ns when the last successful check of it began
+        self._scanned_at = 0  # monotonic ns when the last rescan began
         self._body: bytes | None = None
         self._count = 0
         self._sweeper: asyncio.Task[None] | None = None
         # Called (on the event loop, must not block) after each successful save.
         self.saved_listeners: list[Callable[[StoredConfig], None]] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ConfigStore":
+        return cls(
+            settings.esp32_configs_dir,
+            max_document_bytes=settings.max_content_length,  # a body's limit is a file's too
+            lock_timeout=settings.lock_timeout,
+        )
 
     def init_app(self, app: Quart) -> None:
         app.extensions["config_store"] = self
@@ -246,16 +315,18 @@ class ConfigStore:
     ) -> StoredConfig:
         """Create or replace a document, atomically and durably."""
         mac = canonical_mac(mac)
-        saving = _writes.submit(partial(self._save, mac, content, precondition or Precondition()))
+        deadline = time.monotonic() + self.lock_timeout  # a wait in the queue counts too
+        condition = precondition or Precondition()
+        saving = _writes.submit(partial(self._save, mac, content, condition, deadline))
         saving.add_done_callback(self._saved)  # a write that happened is told, whoever waits
         return await asyncio.shield(saving)
 
     async def delete(self, mac: str, precondition: Precondition | None = None) -> None:
         """Remove a document."""
         mac = canonical_mac(mac)
-        await asyncio.shield(
-            _writes.submit(partial(self._delete, mac, precondition or Precondition()))
-        )
+        deadline = time.monotonic() + self.lock_timeout
+        condition = precondition or Precondition()
+        await asyncio.shield(_writes.submit(partial(self._delete, mac, condition, deadline)))
 
     async def health(self) -> tuple[StorageState, str | None]:
         """("read-write" | "read-only" | "unavailable", the reason when unavailable)."""
@@ -271,17 +342,17 @@ class ConfigStore:
         return await _reads.run(lambda: func(*args, **kwargs))
 
     def _saved(self, saving: "asyncio.Future[StoredConfig]") -> None:
-        if saving.exception() is None:
+        error = saving.exception()
+        if error is None or isinstance(error, SaveNotConfirmed):  # visible either way
+            stored = saving.result() if error is None else error.stored
             for listener in self.saved_listeners:
-                listener(saving.result())
+                listener(stored)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        try:
+        with contextlib.suppress(StorageUnavailable):  # logged; health reports it
             await self._run(self._remove_stale_temps)
-        except StorageUnavailable:
-            log.warning("configs directory unavailable at start; health reports it")
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def _stop(self) -> None:
@@ -291,10 +362,18 @@ class ConfigStore:
                 await self._sweeper
 
     async def _sweep_forever(self) -> None:
+        temps_swept = time.monotonic()
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 await self._run(self._sweep)
+                # Crashed replicas' temp files too: in Kubernetes no pod restarts with their
+                # host name, so waiting for "our" next start would keep them forever.
+                if time.monotonic() - temps_swept >= TEMP_SWEEP_INTERVAL:
+                    temps_swept = time.monotonic()
+                    await self._run(self._remove_stale_temps)
+            except StorageUnavailable:
+                pass  # the outage is logged once, and health and requests report it
             except Exception:
                 log.exception("sweep of the configs directory failed")
 
@@ -304,9 +383,10 @@ class ConfigStore:
         return self.directory / name
 
     def _stat_dir(self) -> os.stat_result:
-        with _storage_errors("stat of the configs directory"):
+        with _storage_errors("stat of the configs directory", self._reads_outage):
             st = os.stat(self.directory)
         if not stat.S_ISDIR(st.st_mode):
+            self._reads_outage.failed("the configs directory is not a directory")
             raise StorageUnavailable("the configs directory is not a directory")
         return st
 
@@ -317,9 +397,38 @@ class ConfigStore:
                 next(entries, None)
         except StorageUnavailable as error:
             return "unavailable", error.reason
-        except OSError:
+        except OSError as error:
+            self._reads_outage.failed("the configs directory is not readable", error)
             return "unavailable", "the configs directory is not readable"
-        return ("read-write" if os.access(self.directory, os.W_OK) else "read-only"), None
+        self._reads_outage.recovered()
+        if self.sync_fault and not self._sync_recovers():
+            return "unavailable", self.sync_fault
+        if not os.access(self.directory, os.W_OK):
+            return "read-only", None
+        return ("writes-blocked" if self._lock_still_blocked() else "read-write"), None
+
+    def _sync_recovers(self) -> bool:
+        """Whether a directory fsync works again (it failed after a change)."""
+        try:
+            self._fsync_dir()
+        except OSError:
+            return False
+        self.sync_fault = None
+        return True
+
+    def _lock_still_blocked(self) -> bool:
+        """After a write timed out on the lock: is the lock still held? (Probed, not waited.)"""
+        if not self.writes_blocked:
+            return False
+        try:
+            with self._lock_file() as fd:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False  # no lock file, or none we may open: health says what else is wrong
+        self.writes_blocked = False
+        return False
 
     def _listing(self, arrived: int) -> tuple[bytes, int]:
         """The list body and count, as the directory was at some moment after `arrived`."""
@@ -330,6 +439,7 @@ class ConfigStore:
                 checking = time.monotonic_ns()
                 self._check_directory()
                 self._checked_at = checking
+                self._reads_outage.recovered()
             with self._lock:
                 if self._body is None:
                     self._body, self._count = self._render()
@@ -340,12 +450,13 @@ class ConfigStore:
         st = self._stat_dir()
         signature = Signature.of(st)
         if signature != self._dir_signature or self._dir_racy:
-            with _storage_errors("scan of the configs directory"):
+            with _storage_errors("scan of the configs directory", self._reads_outage):
                 self._rescan()
             self._dir_signature = signature
             self._dir_racy = started - st.st_mtime_ns < RACY_NS
 
     def _rescan(self) -> None:
+        started = time.monotonic_ns()
         seen, stale, ignored = self._scan()
         self._warn_ignored(ignored)
         for name in stale:
@@ -353,8 +464,11 @@ class ConfigStore:
                 self._refresh(name)
         with self._lock:
             for name in self._entries.keys() - seen:
-                del self._entries[name]
-                self._body = None
+                # A name saved after the scan began may be missing from it: not gone.
+                if self._entries[name].read_at < started:
+                    del self._entries[name]
+                    self._body = None
+            self._scanned_at = started
 
     def _scan(self) -> tuple[set[str], list[str], dict[str, int]]:
         """Every config name, those whose entry is stale, and the inode of every other name."""
@@ -442,15 +556,24 @@ class ConfigStore:
             old = self._entries.get(name)
             if old is not None and old.read_at > entry.read_at:
                 return  # a newer read got here first
+            if old is None and entry.read_at < self._scanned_at:
+                return  # a scan that began after this read found no such name
             self._entries[name] = entry
             if old is None or old.summary_json != entry.summary_json:
                 self._body = None
         if entry.problem and (old is None or old.signature != entry.signature):
             log.warning("skipping config file %r: %s", name, entry.problem)
 
-    def _forget(self, name: str) -> None:
+    def _forget(self, name: str, observed_at: int) -> None:
+        """The name was seen absent at `observed_at` (monotonic ns): unless a later look saw it."""
         with self._lock:
-            if self._entries.pop(name, None) is not None:
+            old = self._entries.get(name)
+            if old is not None and old.read_at > observed_at:
+                return  # re-created, and seen, after this look: a slow delete must not hide it
+            # A tombstone, not a removal: a read that began before it cannot put the name back,
+            # and the sweep still stats the name, so a file created there again is found.
+            self._entries[name] = _Entry(None, observed_at, False, None, None)
+            if old is not None and old.summary_json:
                 self._body = None
 
     def _read_file(self, name: str) -> tuple[Signature, bytes]:
@@ -468,23 +591,25 @@ class ConfigStore:
             signature = Signature.of(st)
             if not stat.S_ISREG(st.st_mode):
                 raise _Unusable("not a regular file", signature)
-            if st.st_size > MAX_FILE_BYTES:
-                raise _Unusable("larger than 16 MiB", signature)
+            if st.st_size > self.max_document_bytes:
+                limit = f"larger than MAX_CONTENT_LENGTH ({self.max_document_bytes} bytes)"
+                raise _Unusable(limit, signature)
             with os.fdopen(fd, "rb", closefd=False) as file:
                 return self._read_stable(fd, file, signature)
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _read_stable(fd: int, file: BinaryIO, signature: Signature) -> tuple[Signature, bytes]:
+    def _read_stable(
+        self, fd: int, file: BinaryIO, signature: Signature
+    ) -> tuple[Signature, bytes]:
         """The bytes, and a signature taken before and after reading them (so they match)."""
-        data = file.read(MAX_FILE_BYTES + 1)
+        data = file.read(self.max_document_bytes + 1)
         for _ in range(2):  # rewritten in place meanwhile: read again
             after = Signature.of(os.fstat(fd))
             if after == signature:
                 break
             file.seek(0)
-            signature, data = after, file.read(MAX_FILE_BYTES + 1)
+            signature, data = after, file.read(self.max_document_bytes + 1)
         return signature, data
 
     @staticmethod
@@ -493,20 +618,22 @@ class ConfigStore:
 
     def _get(self, mac: str) -> StoredConfig:
         name = f"{mac}.json"
-        with _storage_errors(f"read of {name}"):
+        started = time.monotonic_ns()
+        with _storage_errors(f"read of {name}", self._reads_outage):
             try:
                 document = self._refresh(name)
             except FileNotFoundError:
                 self._stat_dir()
-                self._forget(name)
+                self._forget(name, started)
                 raise ConfigNotFound(mac) from None
+        self._reads_outage.recovered()
         if document is None:
             raise ConfigUnreadable(mac)
         return document
 
     def _current_etag(self, mac: str) -> str:
         name = f"{mac}.json"
-        with _storage_errors(f"stat of {name}"):
+        with _storage_errors(f"stat of {name}", self._reads_outage):
             try:
                 signature = self._lstat(self._path(name))
             except FileNotFoundError:
@@ -516,28 +643,38 @@ class ConfigStore:
             return entry.etag
         return self._get(mac).etag
 
-    def _save(self, mac: str, content: Document, precondition: Precondition) -> StoredConfig:
+    def _save(
+        self, mac: str, content: Document, precondition: Precondition, deadline: float
+    ) -> StoredConfig:
         data = dump_document(content)
+        if len(data) > self.max_document_bytes:  # known before any disk I/O
+            raise DocumentTooLarge(len(data), self.max_document_bytes)
         name = f"{mac}.json"
-        with _storage_errors(f"write of {name}"):
+        document = StoredConfig(mac, data, summary_json(mac, content), etag_of(data))
+        with _storage_errors(f"write of {name}", self._writes_outage):
             temp, fd = self._write_temp(name, data)
             try:
-                with self._locked():
-                    self._check(mac, precondition)
-                    self._install(temp, name, precondition)
+                check = partial(self._check, mac, precondition)
+                install = partial(self._install, temp, name, precondition)
+                installed_at = self._exclusively(deadline, check, install)
                 signature = Signature.of(os.fstat(fd))
             finally:
                 os.close(fd)
                 _unlink_quietly(temp)
-            self._fsync_dir()
-        document = StoredConfig(mac, data, summary_json(mac, content), etag_of(data))
-        self._remember(name, self._entry_for(document, signature, time.monotonic_ns(), True))
+                self._writing.discard(temp.name)
+        self._remember(name, self._entry_for(document, signature, installed_at, True))
+        self._sync(SaveNotConfirmed(document))
         return document
 
     def _write_temp(self, name: str, data: bytes) -> tuple[Path, int]:
         temp = self._path(f".{name}.{self._owner}-{secrets.token_hex(4)}.tmp")
+        self._writing.add(temp.name)  # before it exists: the temp sweep never takes it
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(temp, flags, 0o644)
+        try:
+            fd = os.open(temp, flags, 0o644)
+        except BaseException:
+            self._writing.discard(temp.name)
+            raise
         try:
             os.fchmod(fd, 0o644)  # whatever the umask: other replicas and backups must read it
             view = memoryview(data)
@@ -547,21 +684,29 @@ class ConfigStore:
         except BaseException:
             os.close(fd)
             _unlink_quietly(temp)
+            self._writing.discard(temp.name)
             raise
         return temp, fd
 
-    def _install(self, temp: Path, name: str, precondition: Precondition) -> None:
+    def _install(self, temp: Path, name: str, precondition: Precondition) -> int:
+        """Put the temp file in place; when it became visible (monotonic ns)."""
         target = self._path(name)
-        if not precondition.create_only:
-            os.rename(temp, target)
-            return
         try:
+            if not precondition.create_only:
+                os.rename(temp, target)
+                return time.monotonic_ns()
             os.link(temp, target)  # atomic: fails if the name exists, whoever created it
         except FileExistsError:
             if precondition.if_none_match.star_tag:
                 raise PreconditionFailed(name[:-5], "If-None-Match") from None
             raise ConfigExists(name[:-5]) from None
+        except IsADirectoryError:
+            raise ConfigUnreadable(
+                name[:-5], "is a directory, which a PUT never replaces"
+            ) from None
+        installed_at = time.monotonic_ns()
         os.unlink(temp)
+        return installed_at
 
     def _check(self, mac: str, precondition: Precondition) -> None:
         if_match, if_none_match = precondition.if_match, precondition.if_none_match
@@ -581,16 +726,73 @@ class ConfigStore:
         except _Unusable:
             return ""  # present, but has no ETag a client could hold
 
+    def _exclusively(
+        self, deadline: float, check: Callable[[], None], commit: Callable[[], R]
+    ) -> R:
+        """check() then commit() under the directory's write lock, shared with every replica."""
+        while True:
+            with self._lock_file(create=True) as fd:
+                self._acquire(fd, deadline)
+                # The lock file may have been removed or replaced while we waited (or checked):
+                # then whoever locks the file now at that name is not excluded by ours. Retry.
+                if self._still_named(fd):
+                    check()
+                    if self._still_named(fd):
+                        return commit()
+
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Serialise check-and-write across threads, processes and replicas sharing the dir."""
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(self._path(LOCK_NAME), flags, 0o644)
+    def _lock_file(self, create: bool = False) -> Iterator[int]:
+        # Read-write and 0600: flock needs only an open descriptor, so a lock file others may
+        # open is a lock anyone with read access can hold (and every write would wait on it).
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        fd = os.open(self._path(LOCK_NAME), flags, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            if create and stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+                with contextlib.suppress(PermissionError):  # another user's file: theirs to fix
+                    os.fchmod(fd, 0o600)  # left 0644 by an older version
+            yield fd
         finally:
-            os.close(fd)
+            os.close(fd)  # releases the lock
+
+    def _acquire(self, fd: int, deadline: float) -> None:
+        """flock, waiting no longer than the deadline (then WritesBlocked: nothing changes)."""
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if not self.writes_blocked:
+                        log.warning("config writes blocked: the write lock is held elsewhere")
+                    self.writes_blocked = True
+                    raise WritesBlocked(self.lock_timeout) from None
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.05)
+            else:
+                if self.writes_blocked:
+                    log.warning("config writes unblocked: the write lock was released")
+                self.writes_blocked = False
+                return
+
+    def _still_named(self, fd: int) -> bool:
+        held = os.fstat(fd)
+        try:
+            now = os.stat(self._path(LOCK_NAME), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+    def _sync(self, unconfirmed: WriteNotConfirmed) -> None:
+        """fsync the directory after a change that is already visible (the rename or unlink)."""
+        try:
+            self._fsync_dir()
+        except OSError as error:
+            self.sync_fault = "the configs directory could not be synced to disk"
+            self._writes_outage.failed(self.sync_fault, f"fsync of the directory: {error}")
+            raise unconfirmed from None
+        self.sync_fault = None
+        self._writes_outage.recovered()
 
     def _fsync_dir(self) -> None:
         with self._opened_dir() as fd:
@@ -604,39 +806,54 @@ class ConfigStore:
         finally:
             os.close(fd)
 
-    def _delete(self, mac: str, precondition: Precondition) -> None:
+    def _delete(self, mac: str, precondition: Precondition, deadline: float) -> None:
         name = f"{mac}.json"
-        with _storage_errors(f"delete of {name}"):
-            with self._locked():
-                self._check(mac, precondition)
-                try:
-                    os.unlink(self._path(name))
-                except FileNotFoundError:
-                    raise ConfigNotFound(mac) from None
-                except IsADirectoryError:
-                    raise ConfigUnreadable(mac) from None
-            self._fsync_dir()
-        self._forget(name)
+        with _storage_errors(f"delete of {name}", self._writes_outage):
+            check = partial(self._check, mac, precondition)
+            removed_at = self._exclusively(deadline, check, partial(self._unlink, mac))
+        self._forget(name, removed_at)
+        self._sync(WriteNotConfirmed(mac, "deleted", None))
+
+    def _unlink(self, mac: str) -> int:
+        try:
+            os.unlink(self._path(f"{mac}.json"))
+        except FileNotFoundError:
+            raise ConfigNotFound(mac) from None
+        except IsADirectoryError:
+            raise ConfigUnreadable(mac, "is a directory, which a DELETE never removes") from None
+        return time.monotonic_ns()
 
     def _remove_stale_temps(self) -> None:
         """Remove temp files that a crashed writer left behind (never a live writer's)."""
         host, now = socket.gethostname(), time.time()
-        with _storage_errors("clean-up of temp files"), os.scandir(self.directory) as entries:
+        with (
+            _storage_errors("clean-up of temp files", self._writes_outage),
+            os.scandir(self.directory) as entries,
+        ):
             for item in entries:
                 match = _TEMP_NAME.fullmatch(item.name)
-                if match and self._is_stale(match, item, host, now):
+                if match and item.name not in self._writing and _is_stale(match, item, host, now):
                     log.info("removing %r left by an interrupted write", item.name)
                     _unlink_quietly(Path(item.path))
 
-    @staticmethod
-    def _is_stale(match: re.Match[str], item: os.DirEntry[str], host: str, now: float) -> bool:
-        pid = int(match["pid"])
-        if match["host"] == host and (pid == os.getpid() or not _pid_alive(pid)):
-            return True
-        try:
-            return now - item.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS
-        except FileNotFoundError:
-            return False
+
+def _is_stale(match: re.Match[str], item: os.DirEntry[str], host: str, now: float) -> bool:
+    """Left by a process of this host that is gone (or by us), or older than any live write."""
+    pid = int(match["pid"])
+    if match["host"] == host and (pid == os.getpid() or not _pid_alive(pid)):
+        return True  # ours but not being written (see _writing), or its writer is dead
+    try:
+        return now - item.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+class SaveNotConfirmed(WriteNotConfirmed):
+    """A save that is visible (so it is notified) but whose directory fsync failed."""
+
+    def __init__(self, stored: StoredConfig) -> None:
+        super().__init__(stored.mac, "saved", stored.etag)
+        self.stored = stored
 
 
 def current_store() -> ConfigStore:
