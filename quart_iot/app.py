@@ -14,6 +14,7 @@ from quart_iot.logs import configure_logging
 from quart_iot.metrics import Metrics
 from quart_iot.notifications import Notifications
 from quart_iot.settings import Settings, load_settings
+from quart_iot.shutdown import GracefulStop
 from quart_iot.store import ConfigStore
 
 
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     ConfigStore.from_settings(settings).init_app(app)
     Metrics().init_app(app)
     Notifications(settings).init_app(app)
+    GracefulStop(settings.shutdown_timeout).init_app(app)
     register_error_handlers(app)
     app.register_blueprint(configs.blueprint)
     app.register_blueprint(health.blueprint)

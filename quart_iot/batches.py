@@ -7,6 +7,10 @@ answered from a cache that hop costs more than the answer (about a third of a re
 both). Here a worker takes every call waiting (up to BATCH), runs them one after the other,
 and wakes each event loop once for all of them. A call runs to the end even if the task
 awaiting it is cancelled.
+
+The workers are not daemons: the interpreter waits for a call in progress (a write) before
+it exits, whatever way it stops. A worker idle for IDLE_SECONDS ends (the next call starts
+one again), so a pool nobody closed delays an exit by at most that; `close()` ends them now.
 """
 
 import asyncio
@@ -14,6 +18,7 @@ import contextlib
 import contextvars
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -21,6 +26,7 @@ R = TypeVar("R")
 
 WORKERS = 4  # a slow call (a network file system) holds up only its own batch
 BATCH = 16
+IDLE_SECONDS = 1.0
 
 
 class _Call(NamedTuple):
@@ -34,13 +40,14 @@ Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
 class BatchedThreads:
-    """A small pool of daemon threads, started on first use."""
+    """A small pool of threads, started on demand."""
 
     def __init__(self, workers: int = WORKERS) -> None:
         self._workers = workers
-        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
-        self._started = False
-        self._start_lock = threading.Lock()
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()  # None: wake to end
+        self._lock = threading.Lock()  # guards the fields below
+        self._pending = 0  # calls queued and not yet taken by a worker
+        self._threads: set[threading.Thread] = set()
 
     async def run(self, func: Callable[[], R]) -> R:
         """func() in a worker thread (cancelling the wait drops the result, not the call)."""
@@ -48,27 +55,58 @@ class BatchedThreads:
 
     def submit(self, func: Callable[[], R]) -> "asyncio.Future[R]":
         """A future of func(), run in a worker thread; call from the event loop."""
-        if not self._started:
-            self._start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        self._calls.put(_Call(loop, future, contextvars.copy_context(), func))
+        call = _Call(loop, future, contextvars.copy_context(), func)
+        with self._lock:
+            self._calls.put(call)
+            self._pending += 1
+            if len(self._threads) < self._workers:
+                self._spawn()
         return future
 
-    def _start(self) -> None:
-        with self._start_lock:
-            for index in range(0 if self._started else self._workers):
-                name = f"quart_iot-batches-{index}"
-                threading.Thread(target=self._work, name=name, daemon=True).start()
-            self._started = True
+    def close(self, timeout: float | None = None) -> bool:
+        """End every worker once the calls queued are done; whether they all ended in time."""
+        with self._lock:
+            threads = list(self._threads)
+            for _ in threads:
+                self._calls.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
+
+    def _spawn(self) -> None:
+        name = f"quart_iot-batches-{len(self._threads)}"
+        thread = threading.Thread(target=self._work, name=name)
+        self._threads.add(thread)
+        thread.start()
 
     def _work(self) -> None:
-        while True:
-            batch = [self._calls.get()]
-            with contextlib.suppress(queue.Empty):
-                while len(batch) < BATCH:
-                    batch.append(self._calls.get_nowait())
-            self._finish(batch)
+        while (batch := self._take()) is not None:
+            if batch:
+                self._finish(batch)
+
+    def _take(self) -> list[_Call] | None:
+        """The next batch ([] when woken with nothing to do), or None: this worker ends."""
+        try:
+            first = self._calls.get(timeout=IDLE_SECONDS)
+        except queue.Empty:
+            first = None
+        batch = [] if first is None else [first]
+        with contextlib.suppress(queue.Empty):
+            while batch and len(batch) < BATCH:
+                call = self._calls.get_nowait()
+                if call is None:  # a wake-up for another worker: theirs to end, once we are done
+                    self._calls.put(None)
+                    break
+                batch.append(call)
+        with self._lock:
+            self._pending -= len(batch)
+            if batch or self._pending:
+                return batch
+            self._threads.discard(threading.current_thread())  # a submit starts a new one
+            return None
 
     @staticmethod
     def _finish(batch: list[_Call]) -> None:

@@ -18,6 +18,7 @@ class ApiError(Exception):
 
     status: int = 500
     code: str = "INTERNAL_ERROR"
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(
         self,
@@ -124,6 +125,22 @@ class WriteNotConfirmed(ApiError):
         )
 
 
+class ShuttingDown(ApiError):
+    status, code = 503, "SHUTTING_DOWN"
+    retry_after = 1  # another replica (or this one, restarted) takes it
+
+    def __init__(self, message: str = "The server is shutting down; retry the write") -> None:
+        super().__init__(message)
+
+
+class WriteOutlived(ShuttingDown):
+    def __init__(self) -> None:
+        super().__init__(
+            "The server is shutting down and this write did not finish in time; it may or may "
+            "not have been applied (retry it, or read the config to see)"
+        )
+
+
 _HTTP_CODES = {
     400: ("VALIDATION_FAILED", "The request is malformed"),
     404: ("ROUTE_NOT_FOUND", "The requested URL was not found"),
@@ -143,6 +160,8 @@ def error_response(error: ApiError) -> Response:
     }
     response = jsonify(body)
     response.status_code = error.status
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
     return response
 
 

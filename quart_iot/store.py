@@ -48,6 +48,7 @@ from quart_iot.errors import (
     PreconditionFailed,
     StorageUnavailable,
     WriteNotConfirmed,
+    WriteOutlived,
     WritesBlocked,
 )
 from quart_iot.models import StorageState
@@ -77,9 +78,17 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 # Shared by every store in the process, as anyio's threads are; apart, so that a slow fsync
-# never holds up a read.
+# never holds up a read, and lists (which may wait for a long rescan) never hold the threads
+# of gets. One list worker: every list queued behind a rescan shares it.
 _reads = BatchedThreads()
+_lists = BatchedThreads(workers=1)
 _writes = BatchedThreads()
+
+
+def stop_worker_threads(timeout: float | None = None) -> bool:
+    """End the worker threads once their calls are done (a write in progress ends first)."""
+    ended = [pool.close(timeout) for pool in (_writes, _lists, _reads)]  # each, not the first
+    return all(ended)
 
 
 def canonical_mac(raw: str) -> str:
@@ -274,6 +283,7 @@ class ConfigStore:
         self._body: bytes | None = None
         self._count = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self._gave_up: asyncio.Future[None] | None = None  # done: the stop stops waiting
         # Called (on the event loop, must not block) after each successful save.
         self.saved_listeners: list[Callable[[StoredConfig], None]] = []
 
@@ -294,12 +304,12 @@ class ConfigStore:
 
     async def list_json(self) -> bytes:
         """The list response body, `{"configs": [...], "count": n}`."""
-        body, _ = await self._read(self._listing, time.monotonic_ns())
+        body, _ = await _lists.run(partial(self._listing, time.monotonic_ns()))
         return body
 
     async def count(self) -> int:
         """How many usable configs the directory holds now."""
-        _, count = await self._read(self._listing, time.monotonic_ns())
+        _, count = await _lists.run(partial(self._listing, time.monotonic_ns()))
         return count
 
     async def get(self, mac: str) -> StoredConfig:
@@ -319,14 +329,14 @@ class ConfigStore:
         condition = precondition or Precondition()
         saving = _writes.submit(partial(self._save, mac, content, condition, deadline))
         saving.add_done_callback(self._saved)  # a write that happened is told, whoever waits
-        return await asyncio.shield(saving)
+        return await self._written(saving)
 
     async def delete(self, mac: str, precondition: Precondition | None = None) -> None:
         """Remove a document."""
         mac = canonical_mac(mac)
         deadline = time.monotonic() + self.lock_timeout
         condition = precondition or Precondition()
-        await asyncio.shield(_writes.submit(partial(self._delete, mac, condition, deadline)))
+        await self._written(_writes.submit(partial(self._delete, mac, condition, deadline)))
 
     async def health(self) -> tuple[StorageState, str | None]:
         """("read-write" | "read-only" | "unavailable", the reason when unavailable)."""
@@ -340,6 +350,21 @@ class ConfigStore:
     async def _read(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """The hot reads, mostly answered from the cache: a cheaper, batched hop."""
         return await _reads.run(lambda: func(*args, **kwargs))
+
+    async def _written(self, writing: "asyncio.Future[R]") -> R:
+        """The write's outcome. Cancelling the wait leaves the write running, as a stop does."""
+        loop = asyncio.get_running_loop()
+        if self._gave_up is None or self._gave_up.get_loop() is not loop:
+            self._gave_up = loop.create_future()
+        await asyncio.wait((writing, self._gave_up), return_when=asyncio.FIRST_COMPLETED)
+        if not writing.done():
+            raise WriteOutlived
+        return writing.result()
+
+    def give_up_writes(self) -> None:
+        """Answer the writes still running now (the stop's deadline passed); they go on."""
+        if self._gave_up is not None and not self._gave_up.done():
+            self._gave_up.set_result(None)
 
     def _saved(self, saving: "asyncio.Future[StoredConfig]") -> None:
         error = saving.exception()

@@ -39,23 +39,75 @@ async def test_calls_run_in_worker_threads_with_the_callers_context() -> None:
     assert seen == "abc"
 
 
-async def test_a_cancelled_call_still_runs_and_its_result_is_dropped() -> None:
+async def test_a_call_cancelled_while_it_runs_finishes_and_its_result_is_dropped() -> None:
     threads = BatchedThreads(workers=1)
-    release, ran = threading.Event(), threading.Event()
+    started, release, ran = threading.Event(), threading.Event(), threading.Event()
 
     def slow() -> str:
+        started.set()
         release.wait(10)
         ran.set()
         return "late"
 
     task = asyncio.create_task(threads.run(slow))
-    await asyncio.sleep(0.01)
+    assert await asyncio.to_thread(started.wait, 10)  # running now, not merely queued
     task.cancel()
-    release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert not ran.is_set()
+    release.set()
     assert await threads.run(lambda: "next") == "next"  # the worker survived the drop
     assert ran.is_set()
+    assert threads.close(10)
+
+
+async def test_a_call_cancelled_before_it_ran_still_runs() -> None:
+    threads = BatchedThreads(workers=1)
+    busy, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def block() -> None:
+        busy.set()
+        release.wait(10)
+
+    blocker = threads.submit(block)  # holds the only worker
+    assert await asyncio.to_thread(busy.wait, 10)
+    queued = asyncio.create_task(threads.run(lambda: ran.append("queued")))
+    await asyncio.sleep(0)  # submitted, behind the blocker
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert ran == []  # cancelled before it ran
+    release.set()
+    await blocker
+    assert await threads.run(lambda: "next") == "next"
+    assert ran == ["queued"]  # it ran all the same (a write must not half-happen)
+    assert threads.close(10)
+
+
+async def test_close_waits_for_the_call_in_progress_and_ends_every_worker() -> None:
+    threads = BatchedThreads(workers=3)
+    started, release = threading.Event(), threading.Event()
+    done: list[str] = []
+
+    def write() -> None:
+        started.set()
+        release.wait(10)
+        done.append("written")
+
+    writing = threads.submit(write)
+    await asyncio.gather(*(threads.run(partial(square, n)) for n in range(10)))
+    assert await asyncio.to_thread(started.wait, 10)
+    workers = [t for t in threading.enumerate() if t.name.startswith("quart_iot-batches-")]
+    assert workers
+    assert not any(t.daemon for t in workers)  # the interpreter waits for them at exit
+    assert not await asyncio.to_thread(threads.close, 0.05)  # the write is still running
+    release.set()
+    assert await asyncio.to_thread(threads.close, 10)
+    assert done == ["written"]
+    await writing
+    assert await threads.run(lambda: "again") == "again"  # a closed pool starts anew
+    assert threads.close(10)
 
 
 async def test_a_save_whose_request_is_cancelled_still_lands_and_is_told(

@@ -1,3 +1,4 @@
+import asyncio
 import json
 import os
 import subprocess
@@ -300,3 +301,32 @@ def test_lists_queued_behind_one_check_share_it(
     write_config(configs_dir, OTHER_MAC, {"deviceName": "b"})
     assert store._listing(time.monotonic_ns())[1] == 2  # arrived after: checks again
     assert len(checks) == 2
+
+
+async def test_gets_are_served_while_lists_wait_for_a_rescan(
+    client: Client, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(configs_dir, MAC, {"deviceName": "a"})
+    scanning, release = threading.Event(), threading.Event()
+    check_directory = ConfigStore._check_directory
+
+    def held(self: ConfigStore) -> None:  # a cold rescan of a huge directory, held open
+        scanning.set()
+        release.wait(30)
+        check_directory(self)
+
+    monkeypatch.setattr(ConfigStore, "_check_directory", held)
+    lists = [asyncio.create_task(client.get("/api/configs"))]
+    assert await asyncio.to_thread(scanning.wait, 10)
+    for _ in range(8):  # one at a time, so that each would take a read thread of its own
+        lists.append(asyncio.create_task(client.get("/api/configs")))
+        await asyncio.sleep(0.02)
+    try:
+        get = asyncio.create_task(client.get(f"/api/configs/{MAC}.json"))
+        done, _ = await asyncio.wait({get}, timeout=10)
+        assert get in done, "the get waited for the rescan"
+        assert (await get).status_code == 200
+        assert not any(task.done() for task in lists)  # they did wait for it
+    finally:
+        release.set()
+    assert [(await task).status_code for task in lists] == [200] * 9

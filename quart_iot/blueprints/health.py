@@ -5,6 +5,7 @@ from quart_schema import tag_blueprint, validate_response
 
 from quart_iot.models import Health, Liveness
 from quart_iot.notifications import mqtt_state
+from quart_iot.shutdown import shutting_down
 from quart_iot.store import current_store
 
 blueprint = Blueprint("health", __name__)
@@ -20,6 +21,8 @@ async def health() -> tuple[Health, int]:
     mqtt = mqtt_state()  # information only: a broker that is down never makes us unready
     if reason is not None:
         return Health(status="unhealthy", reason=reason, storage="unavailable", mqtt=mqtt), 503
+    if shutting_down():  # so that load balancers send no more requests here
+        return Health(status="unhealthy", reason="shutting down", storage=storage, mqtt=mqtt), 503
     return Health(status="healthy", storage=storage, mqtt=mqtt), 200
 
 
