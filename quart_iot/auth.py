@@ -26,6 +26,7 @@ PROTECTED = "/api/configs"
 READ_METHODS = frozenset({"GET", "HEAD"})
 DEVICE_ENDPOINT = "configs.get_device_config"
 SCHEME = "bearerAuth"
+VERIFIED_CACHE_SIZE = 1024
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 # What each refusal tells the client (and its metric reason); never the token itself.
 _INVALID = {
@@ -162,8 +163,23 @@ class TokenVerifier:
         self.issuer = settings.oidc_issuer
         self.audience = settings.oidc_audience
         self.leeway = settings.oidc_leeway
+        # Tokens already verified against the current keys: a client sends the same token
+        # many times, and the signature check is most of a request's cost. Bounded; cleared
+        # when the keys change; a hit still honours `exp`.
+        self._verified: dict[str, tuple[dict[str, Any], float]] = {}
 
     async def claims(self, token: str) -> dict[str, Any]:
+        hit = self._verified.get(token)
+        if hit is not None and hit[1] == self.keys.keys.loaded_at:
+            if time.time() <= hit[0]["exp"] + self.leeway:
+                return hit[0]
+        claims = await self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (claims, self.keys.keys.loaded_at)
+        return claims
+
+    async def _verify(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
