@@ -170,9 +170,9 @@ class TokenVerifier:
 
     async def claims(self, token: str) -> dict[str, Any]:
         hit = self._verified.get(token)
-        if hit is not None and hit[1] == self.keys.keys.loaded_at:
-            if time.time() <= hit[0]["exp"] + self.leeway:
-                return hit[0]
+        fresh = hit is not None and hit[1] == self.keys.keys.loaded_at
+        if hit is not None and fresh and time.time() <= hit[0]["exp"] + self.leeway:
+            return hit[0]
         claims = await self._verify(token)
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.clear()
