@@ -6,6 +6,7 @@ from quart import Quart
 from quart_cors import cors
 
 from quart_iot.apidocs import ApiDocs
+from quart_iot.auth import AccessControl
 from quart_iot.blueprints import configs, health
 from quart_iot.correlation import HEADER, CorrelationIds
 from quart_iot.errors import register_error_handlers
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     ConfigStore.from_settings(settings).init_app(app)
     Metrics().init_app(app)
     Notifications(settings).init_app(app)
+    AccessControl(settings).init_app(app)
     GracefulStop(settings.shutdown_timeout).init_app(app)
     register_error_handlers(app)
     app.register_blueprint(configs.blueprint)
@@ -43,7 +45,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         app,
         allow_origin=settings.cors_origins,
         allow_methods=["GET", "PUT", "DELETE"],
-        allow_headers=["Content-Type", "If-Match", "If-None-Match", HEADER],
-        expose_headers=["ETag", HEADER],
+        allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match", HEADER],
+        expose_headers=["ETag", "WWW-Authenticate", HEADER],
         max_age=600,
     )

@@ -18,7 +18,7 @@ class ApiError(Exception):
 
     status: int = 500
     code: str = "INTERNAL_ERROR"
-    retry_after: int | None = None  # seconds, sent as Retry-After
+    headers: dict[str, str] | None = None  # sent with the error body (WWW-Authenticate, say)
 
     def __init__(
         self,
@@ -127,7 +127,7 @@ class WriteNotConfirmed(ApiError):
 
 class ShuttingDown(ApiError):
     status, code = 503, "SHUTTING_DOWN"
-    retry_after = 1  # another replica (or this one, restarted) takes it
+    headers = {"Retry-After": "1"}  # noqa: RUF012 - another replica (or this one, restarted) takes it
 
     def __init__(self, message: str = "The server is shutting down; retry the write") -> None:
         super().__init__(message)
@@ -139,6 +139,29 @@ class WriteOutlived(ShuttingDown):
             "The server is shutting down and this write did not finish in time; it may or may "
             "not have been applied (retry it, or read the config to see)"
         )
+
+
+class Unauthorized(ApiError):
+    """No usable bearer token: 401 with the RFC 6750 challenge."""
+
+    status, code = 401, "UNAUTHORIZED"
+
+    def __init__(self, message: str, invalid_token: bool = False) -> None:
+        super().__init__(message)
+        challenge = 'Bearer realm="quart_iot"'
+        if invalid_token:  # RFC 6750: no error code when the request carried no token at all
+            challenge += f', error="invalid_token", error_description="{message}"'
+        self.headers = {"WWW-Authenticate": challenge}
+
+
+class Forbidden(ApiError):
+    """A valid token without the right for this request."""
+
+    status, code = 403, "FORBIDDEN"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers = {"WWW-Authenticate": 'Bearer realm="quart_iot", error="insufficient_scope"'}
 
 
 _HTTP_CODES = {
@@ -160,8 +183,8 @@ def error_response(error: ApiError) -> Response:
     }
     response = jsonify(body)
     response.status_code = error.status
-    if error.retry_after is not None:
-        response.headers["Retry-After"] = str(error.retry_after)
+    if error.headers:
+        response.headers.update(error.headers)
     return response
 
 

@@ -6,8 +6,13 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Public-key signatures only: never `none`, never an HMAC whose secret could be a public key.
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
 
 
 class SettingsError(Exception):
@@ -37,6 +42,19 @@ class Settings(BaseSettings):
     mqtt_password: str | None = Field(default=None, repr=False)
     mqtt_topic: str = "iotsupport/updates/configs"
     mqtt_queue_size: int = Field(default=1000, gt=0)
+
+    # Access control (quart_iot/auth.py): off unless OIDC_ISSUER is set.
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = Field(default=None, validate_default=True)
+    oidc_roles_claim: str = "realm_access.roles"
+    oidc_read_role: str = "iot-config-reader"
+    oidc_write_role: str = "iot-config-writer"
+    oidc_device_claim: str = "device_mac"
+    oidc_algorithms: Annotated[list[str], NoDecode] = list(ASYMMETRIC_ALGORITHMS)
+    oidc_leeway: float = Field(default=30.0, ge=0, le=300)
+    oidc_http_timeout: float = Field(default=5.0, gt=0, le=60)
+    oidc_jwks_min_refresh: float = Field(default=30.0, ge=0)
+    oidc_jwks_max_age: float = Field(default=3600.0, gt=0)
 
     @field_validator("esp32_configs_dir", mode="before")
     @classmethod
@@ -79,6 +97,39 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else []
         except ValueError:
             raise ValueError('must be a JSON list, e.g. ["http://localhost:3000"]') from None
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _check_issuer(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # OIDC_ISSUER= (empty) leaves access control off
+        url = urlsplit(value.strip())
+        if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+            raise ValueError("must be the issuer URL, e.g. https://keycloak.example/realms/iot")
+        return value.strip()  # kept exactly: it must equal the tokens' `iss`
+
+    @field_validator("oidc_audience")
+    @classmethod
+    def _check_audience(cls, value: str | None, info: ValidationInfo) -> str | None:
+        value = value.strip() if value else None
+        if info.data.get("oidc_issuer") and not value:
+            raise ValueError("is required with OIDC_ISSUER (the `aud` our access tokens carry)")
+        return value
+
+    @field_validator("oidc_roles_claim", "oidc_device_claim", "oidc_read_role", "oidc_write_role")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not value or any(char.isspace() for char in value) or "" in value.split("."):
+            raise ValueError("must be a name (a dotted path for claims), without spaces")
+        return value
+
+    @field_validator("oidc_algorithms", mode="before")
+    @classmethod
+    def _parse_algorithms(cls, value: Any) -> Any:
+        names = value.replace(",", " ").split() if isinstance(value, str) else value
+        if not names or any(name not in ASYMMETRIC_ALGORITHMS for name in names):
+            raise ValueError(f"must be some of {', '.join(ASYMMETRIC_ALGORITHMS)}")
+        return names
 
 
 def load_settings() -> Settings:

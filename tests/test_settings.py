@@ -39,6 +39,24 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         ({"ESP32_CONFIGS_DIR": "/x", "CORS_ORIGINS": "http://a"}, "CORS_ORIGINS"),
         ({"ESP32_CONFIGS_DIR": "/x", "MAX_CONTENT_LENGTH": "-1"}, "MAX_CONTENT_LENGTH"),
         ({"ESP32_CONFIGS_DIR": "/x", "DEBUG": "maybe"}, "DEBUG"),
+        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_ISSUER": "keycloak.local"}, "OIDC_ISSUER"),
+        (
+            {"ESP32_CONFIGS_DIR": "/x", "OIDC_ISSUER": "https://kc.local/realms/iot"},
+            "OIDC_AUDIENCE",
+        ),
+        (
+            {"ESP32_CONFIGS_DIR": "/x", "OIDC_ROLES_CLAIM": "realm_access..roles"},
+            "OIDC_ROLES_CLAIM",
+        ),
+        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_READ_ROLE": "a b"}, "OIDC_READ_ROLE"),
+        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_WRITE_ROLE": ""}, "OIDC_WRITE_ROLE"),
+        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_DEVICE_CLAIM": " "}, "OIDC_DEVICE_CLAIM"),
+        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_ALGORITHMS": "RS256,HS256"}, "OIDC_ALGORITHMS"),
+        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_ALGORITHMS": "none"}, "OIDC_ALGORITHMS"),
+        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_LEEWAY": "-1"}, "OIDC_LEEWAY"),
+        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_HTTP_TIMEOUT": "0"}, "OIDC_HTTP_TIMEOUT"),
+        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_JWKS_MIN_REFRESH": "soon"}, "OIDC_JWKS_MIN_REFRESH"),
+        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_JWKS_MAX_AGE": "0"}, "OIDC_JWKS_MAX_AGE"),
     ],
 )
 def test_bad_setting_is_one_line_naming_it(
@@ -77,3 +95,17 @@ def test_main_refuses_to_start_with_one_clear_line(tmp_path: Path) -> None:
 def test_secret_key_is_not_shown(tmp_path: Path) -> None:
     settings = Settings(esp32_configs_dir=tmp_path, secret_key="hunter2", _env_file=None)
     assert "hunter2" not in repr(settings)
+
+
+def test_oidc_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ESP32_CONFIGS_DIR", str(tmp_path))
+    monkeypatch.setenv("OIDC_ISSUER", "https://auth.example/application/o/iot/")
+    monkeypatch.setenv("OIDC_AUDIENCE", "quart-iot")
+    monkeypatch.setenv("OIDC_ALGORITHMS", "RS256, ES256")
+    settings = load_settings()
+    assert settings.oidc_issuer == "https://auth.example/application/o/iot/"
+    assert settings.oidc_algorithms == ["RS256", "ES256"]
+    assert settings.oidc_roles_claim == "realm_access.roles"

@@ -1,0 +1,59 @@
+// A real OpenID Provider for the access-control tests: oidc-provider on 127.0.0.1, issuing JWT
+// access tokens through the client-credentials grant, with roles and the device claim.
+// Environment: PORT, AUDIENCE, KEYS (a file holding the private JWKS, signing key first).
+import { readFileSync } from 'node:fs';
+import Provider, { errors } from 'oidc-provider';
+
+const port = Number(process.env.PORT);
+const audience = process.env.AUDIENCE;
+const issuer = `http://127.0.0.1:${port}`;
+const jwks = JSON.parse(readFileSync(process.env.KEYS, 'utf8'));
+
+// What each client's tokens carry; the tests read the same table through `clients.json`.
+const clients = JSON.parse(readFileSync(new URL('./clients.json', import.meta.url), 'utf8'));
+
+const provider = new Provider(issuer, {
+  jwks,
+  cookies: { keys: ['quart-iot-tests-only'] },
+  ttl: { ClientCredentials: 600 },
+  clients: clients.map(({ client_id, client_secret }) => ({
+    client_id,
+    client_secret,
+    grant_types: ['client_credentials'],
+    redirect_uris: [],
+    response_types: [],
+  })),
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => audience,
+      useGrantedResource: () => true,
+      getResourceServerInfo: (ctx, resource) => {
+        if (resource !== audience) throw new errors.InvalidTarget();
+        return {
+          audience,
+          scope: 'iot-config-reader iot-config-writer',
+          accessTokenFormat: 'jwt',
+          accessTokenTTL: 600,
+          jwt: { sign: { alg: jwks.keys[0].alg } },
+        };
+      },
+    },
+  },
+  extraTokenClaims: (ctx, token) => {
+    const client = clients.find((c) => c.client_id === token.clientId);
+    return client ? client.claims : undefined;
+  },
+});
+
+provider.on('server_error', (ctx, error) => console.error('server_error', error));
+provider.on('grant.error', (ctx, error) => console.error('grant.error', error.message, error.error_description));
+
+const server = provider.listen(port, '127.0.0.1', () => {
+  process.stdout.write(`ready ${issuer}\n`);
+});
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => server.close(() => process.exit(0)));
+}
