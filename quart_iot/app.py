@@ -9,6 +9,7 @@ from quart_iot.apidocs import ApiDocs
 from quart_iot.blueprints import configs, health
 from quart_iot.correlation import HEADER, CorrelationIds
 from quart_iot.errors import register_error_handlers
+from quart_iot.hosts import AllowedHosts
 from quart_iot.jsonrequest import StrictJSONRequest
 from quart_iot.logs import configure_logging
 from quart_iot.metrics import Metrics
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         DEBUG=settings.debug,
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,
+        BODY_TIMEOUT=settings.body_timeout,  # Quart's own default, 60 s, lets slow bodies pile up
         SETTINGS=settings,
     )
     app.request_class = StrictJSONRequest
@@ -33,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     CorrelationIds().init_app(app)
     ConfigStore(settings.esp32_configs_dir).init_app(app)
     Metrics().init_app(app)
+    AllowedHosts(settings.allowed_hosts).init_app(app)  # before any handler or body read
     Notifications(settings).init_app(app)
     register_error_handlers(app)
     app.register_blueprint(configs.blueprint)

@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 class SettingsError(Exception):
     """A setting is missing or malformed; the message is one line naming it."""
@@ -28,6 +30,8 @@ class Settings(BaseSettings):
     port: int = Field(default=3201, ge=0, le=65535)
     log_level: str = "INFO"
     shutdown_timeout: float = Field(default=10.0, ge=0)
+    allowed_hosts: Annotated[list[str], NoDecode] = []
+    body_timeout: float = Field(default=10.0, gt=0)
 
     mqtt_url: str | None = Field(default=None, repr=False)  # may hold a password
     mqtt_username: str | None = None
@@ -70,12 +74,39 @@ class Settings(BaseSettings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _parse_origins(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return json.loads(value) if value.strip() else []
-        except ValueError:
-            raise ValueError('must be a JSON list, e.g. ["http://localhost:3000"]') from None
+        return _json_list(value, '["http://localhost:3000"]')
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: Any) -> Any:
+        return _json_list(value, '["configs.example.org"]')
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        # Compared with the Host header's name: lowercase, no trailing dot, no port.
+        names = [name.strip().lower().removesuffix(".") for name in value]
+        if any(not name or any(char in name for char in ":/[]@ ") for name in names):
+            raise ValueError('must be host names without scheme or port, e.g. ["a.example.org"]')
+        return names
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+
+def _json_list(value: Any, example: str) -> Any:
+    """An environment value as a JSON list (empty: none)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value) if value.strip() else []
+    except ValueError:
+        raise ValueError(f"must be a JSON list, e.g. {example}") from None
 
 
 def load_settings() -> Settings:
