@@ -1,6 +1,8 @@
 """Service settings, read from the environment (and `.env`)."""
 
+import ipaddress
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,6 +12,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9.])?")
 
 
 class SettingsError(Exception):
@@ -44,6 +47,26 @@ class Settings(BaseSettings):
     def _not_empty(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             raise ValueError("must be the path of the configs directory, not empty")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty (leave it unset for a random key)")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        # An IP literal (IPv6 without brackets) or a host name; not a URL, no port.
+        if ":" in value:
+            try:
+                ipaddress.IPv6Address(value)
+            except ValueError:
+                raise ValueError("must be an IP address or a host name, without port") from None
+        elif not _HOST_NAME.fullmatch(value):
+            raise ValueError("must be an IP address or a host name, e.g. 0.0.0.0")
         return value
 
     @field_validator("mqtt_url")
