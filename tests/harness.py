@@ -53,6 +53,11 @@ def raw_request(
         return _parse_response(_read_all(sock))
 
 
+def read_response(sock: socket.socket) -> RawResponse:
+    """Read until the server closes the connection, and parse what it sent."""
+    return _parse_response(_read_all(sock))
+
+
 def _read_all(sock: socket.socket) -> bytes:
     chunks = []
     while True:
