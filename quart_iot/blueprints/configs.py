@@ -81,7 +81,7 @@ async def get_device_config(mac_address: str) -> Response:
 @validate_request(ConfigSave)
 @document_response(ConfigDetail, headers_model_class=ETagHeader)
 @document_headers(ConditionalHeaders)
-@document_errors(400, 409, 412, 413, 415, 503)
+@document_errors(400, 408, 409, 412, 413, 415, 503)
 async def save_config(mac_address: str, data: ConfigSave) -> Response:
     """Create or replace a device config (409 if it exists and allow_overwrite is false)."""
     stored = await current_store().save(mac_address, data.content, precondition(data))
