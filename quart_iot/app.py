@@ -10,6 +10,7 @@ from quart_iot.auth import AccessControl
 from quart_iot.blueprints import configs, health
 from quart_iot.correlation import HEADER, CorrelationIds
 from quart_iot.errors import register_error_handlers
+from quart_iot.hosts import AllowedHosts
 from quart_iot.jsonrequest import StrictJSONRequest
 from quart_iot.logs import configure_logging
 from quart_iot.metrics import Metrics
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         DEBUG=settings.debug,
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,
+        BODY_TIMEOUT=settings.body_timeout,  # Quart's own default, 60 s, lets slow bodies pile up
         SETTINGS=settings,
     )
     app.request_class = StrictJSONRequest
@@ -35,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     CorrelationIds().init_app(app)
     ConfigStore.from_settings(settings).init_app(app)
     Metrics().init_app(app)
+    AllowedHosts(settings.allowed_hosts).init_app(app)  # before any handler or body read
     Notifications(settings).init_app(app)
     AccessControl(settings).init_app(app)
     GracefulStop(settings.shutdown_timeout).init_app(app)

@@ -84,6 +84,14 @@ class PreconditionFailed(ApiError):
         super().__init__(f"Config {mac} does not match the {header} condition")
 
 
+class HostNotAllowed(ApiError):
+    # 421 Misdirected Request (RFC 9110 15.5.20): not a host this server answers for.
+    status, code = 421, "HOST_NOT_ALLOWED"
+
+    def __init__(self) -> None:
+        super().__init__("The Host header names a host this service does not serve")
+
+
 class StorageUnavailable(ApiError):
     status, code = 503, "STORAGE_UNAVAILABLE"
 
@@ -168,6 +176,7 @@ _HTTP_CODES = {
     400: ("VALIDATION_FAILED", "The request is malformed"),
     404: ("ROUTE_NOT_FOUND", "The requested URL was not found"),
     405: ("METHOD_NOT_ALLOWED", "The method is not allowed for this URL"),
+    408: ("REQUEST_TIMEOUT", "The request body was not received in time"),
     413: ("PAYLOAD_TOO_LARGE", "The request body is larger than the limit"),
 }
 
@@ -180,6 +189,7 @@ def error_response(error: ApiError) -> Response:
         "code": error.code,
         "details": error.details,
         "correlationId": current_correlation_id(),
+        "status": error.status,
     }
     response = jsonify(body)
     response.status_code = error.status

@@ -65,6 +65,7 @@ class ErrorBody(BaseModel):
     code: str
     details: dict[str, Any] | None
     correlation_id: str = Field(alias="correlationId")
+    status: int = Field(description="The HTTP status of the response, as in RFC 9457")
 
 
 class DeviceDocument(RootModel[dict[str, Any]]):

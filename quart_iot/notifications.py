@@ -1,12 +1,13 @@
 """Notifications extension: tell devices over MQTT that their config changed.
 
-After each successful save, `{"filename": "<mac>.json"}` goes into a bounded in-memory queue;
-a background task publishes it with QoS 1 and removes it only once the broker acknowledged
+After each successful save, the device's MAC goes into a bounded, ordered set of pending
+notifications: a second save of a device still pending merges into it (the payload,
+`{"filename": "<mac>.json"}`, names only the file), so the bound counts devices, not saves.
+A background task publishes them with QoS 1 and forgets one only once the broker acknowledged
 it, reconnecting with backoff while the broker is away. A request never waits for the broker.
 """
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
@@ -28,7 +29,7 @@ from quart_iot.store import ConfigStore, StoredConfig
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("published", "dropped", "failed")
+STATUSES = ("published", "merged", "dropped", "failed")
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 FLUSH_SECONDS = 5.0
 PUBLISH_TIMEOUT = 10.0
@@ -81,7 +82,8 @@ class Notifications:
         self.queue_size = settings.mqtt_queue_size
         self.flush_seconds = flush_seconds
         self.connected = False
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._pending: dict[str, None] = {}  # MACs in order: an ordered set
+        self.in_flight: str | None = None  # taken from the pending set, not yet acknowledged
         self._wake = asyncio.Event()  # something was queued
         self._empty = asyncio.Event()  # the queue is empty (the flush waits for it)
         self._runner: asyncio.Task[None] | None = None
@@ -94,7 +96,7 @@ class Notifications:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._pending) + (self.in_flight is not None)
 
     def init_app(self, app: Quart) -> None:
         app.extensions["notifications"] = self
@@ -109,15 +111,19 @@ class Notifications:
         r = metrics.registry
         self.publishes = Counter(
             "iot_mqtt_publish_total",
-            "Change notifications by outcome: published (acknowledged), dropped (queue full), "
-            "failed (publish attempt failed; the message stays queued and is retried).",
+            "Change notifications by outcome: published (acknowledged), merged (one for that "
+            "file was already waiting), dropped (queue full), failed (publish attempt failed; "
+            "the message stays queued and is retried).",
             registry=r,
         )
         self.connected_gauge = Gauge(
             "iot_mqtt_connected", "1 while connected to the MQTT broker, else 0.", registry=r
         )
         self.queued_gauge = Gauge(
-            "iot_mqtt_queued", "Change notifications waiting to be published.", registry=r
+            "iot_mqtt_queued",
+            "Change notifications waiting to be published (one per device at most, besides "
+            "one being published).",
+            registry=r,
         )
         for status in STATUSES:
             self.publishes.set({"status": status}, 0)
@@ -126,18 +132,22 @@ class Notifications:
 
     def enqueue(self, stored: StoredConfig) -> None:
         """Queue the notification for a saved document; never blocks, drops when full."""
-        if len(self._queue) >= self.queue_size:
+        if stored.mac in self._pending:
+            # Not yet sent: it will tell the device to fetch the file, which is now this save.
+            self.publishes.inc({"status": "merged"})
+            return
+        if self.queued >= self.queue_size:
             self.publishes.inc({"status": "dropped"})
             log.warning(
                 "MQTT queue full (%d): notification for %s dropped", self.queue_size, stored.mac
             )
             return
-        self._queue.append(json.dumps({"filename": f"{stored.mac}.json"}).encode())
+        self._pending[stored.mac] = None
         self._changed()
 
     def _changed(self) -> None:
-        self.queued_gauge.set({}, len(self._queue))
-        if self._queue:
+        self.queued_gauge.set({}, self.queued)
+        if self.queued:
             self._empty.clear()
             self._wake.set()
         else:
@@ -153,8 +163,8 @@ class Notifications:
         """Flush what is queued for a bounded time, then disconnect."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._empty.wait(), self.flush_seconds)
-        if self._queue:
-            log.warning("stopping with %d MQTT notification(s) not sent", len(self._queue))
+        if self.queued:
+            log.warning("stopping with %d MQTT notification(s) not sent", self.queued)
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -208,18 +218,29 @@ class Notifications:
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         while True:
-            if not self._queue:
+            if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            # Out of the pending set while in flight: a save made now may have missed this
+            # message's delivery, so it must queue a message of its own, not merge into this.
+            self.in_flight = mac = next(iter(self._pending))
+            del self._pending[mac]
             try:
-                await client.publish(self.topic, self._queue[0], qos=1, timeout=PUBLISH_TIMEOUT)
+                await client.publish(self.topic, payload(mac), qos=1, timeout=PUBLISH_TIMEOUT)
             except (aiomqtt.MqttError, asyncio.CancelledError):
+                self._pending = {mac: None, **self._pending}  # first again, never forgotten
                 self.publishes.inc({"status": "failed"})
                 raise
-            self._queue.popleft()  # acknowledged (PUBACK): only now is it safe to forget
-            self.publishes.inc({"status": "published"})
+            finally:
+                self.in_flight = None
+            self.publishes.inc({"status": "published"})  # acknowledged (PUBACK)
             self._changed()
+
+
+def payload(mac: str) -> bytes:
+    """The notification: the name of the file that changed."""
+    return json.dumps({"filename": f"{mac}.json"}).encode()
 
 
 def mqtt_state() -> MqttState:

@@ -1,6 +1,8 @@
 """Service settings, read from the environment (and `.env`)."""
 
+import ipaddress
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ASYMMETRIC_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 )  # fmt: skip
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9.])?")
 
 
 class SettingsError(Exception):
@@ -36,6 +40,8 @@ class Settings(BaseSettings):
     port: int = Field(default=3201, ge=0, le=65535)
     log_level: str = "INFO"
     shutdown_timeout: float = Field(default=10.0, ge=0)
+    allowed_hosts: Annotated[list[str], NoDecode] = []
+    body_timeout: float = Field(default=10.0, gt=0)
 
     mqtt_url: str | None = Field(default=None, repr=False)  # may hold a password
     mqtt_username: str | None = None
@@ -61,6 +67,26 @@ class Settings(BaseSettings):
     def _not_empty(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             raise ValueError("must be the path of the configs directory, not empty")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty (leave it unset for a random key)")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        # An IP literal (IPv6 without brackets) or a host name; not a URL, no port.
+        if ":" in value:
+            try:
+                ipaddress.IPv6Address(value)
+            except ValueError:
+                raise ValueError("must be an IP address or a host name, without port") from None
+        elif not _HOST_NAME.fullmatch(value):
+            raise ValueError("must be an IP address or a host name, e.g. 0.0.0.0")
         return value
 
     @field_validator("mqtt_url")
@@ -91,12 +117,29 @@ class Settings(BaseSettings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _parse_origins(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return json.loads(value) if value.strip() else []
-        except ValueError:
-            raise ValueError('must be a JSON list, e.g. ["http://localhost:3000"]') from None
+        return _json_list(value, '["http://localhost:3000"]')
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: Any) -> Any:
+        return _json_list(value, '["configs.example.org"]')
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        # Compared with the Host header's name: lowercase, no trailing dot, no port.
+        names = [name.strip().lower().removesuffix(".") for name in value]
+        if any(not name or any(char in name for char in ":/[]@ ") for name in names):
+            raise ValueError('must be host names without scheme or port, e.g. ["a.example.org"]')
+        return names
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @field_validator("oidc_issuer")
     @classmethod
@@ -130,6 +173,16 @@ class Settings(BaseSettings):
         if not names or any(name not in ASYMMETRIC_ALGORITHMS for name in names):
             raise ValueError(f"must be some of {', '.join(ASYMMETRIC_ALGORITHMS)}")
         return names
+
+
+def _json_list(value: Any, example: str) -> Any:
+    """An environment value as a JSON list (empty: none)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value) if value.strip() else []
+    except ValueError:
+        raise ValueError(f"must be a JSON list, e.g. {example}") from None
 
 
 def load_settings() -> Settings:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-ERROR_KEYS = {"error", "code", "details", "correlationId"}
+ERROR_KEYS = {"error", "code", "details", "correlationId", "status"}
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,12 @@ def raw_request(
     body: bytes = b"",
     content_type: str | None = "application/json",
     timeout: float = 10.0,
+    host: bytes = b"127.0.0.1",
+    headers: dict[str, str] | None = None,
 ) -> RawResponse:
     """One HTTP/1.1 request written byte for byte, so the path reaches the server as sent."""
-    head = method.encode() + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    head = method.encode() + b" " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items()).encode()
     if content_type is not None:
         head += f"Content-Type: {content_type}\r\n".encode()
     head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
@@ -48,6 +51,11 @@ def raw_request(
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(head + body)
         return _parse_response(_read_all(sock))
+
+
+def read_response(sock: socket.socket) -> RawResponse:
+    """Read until the server closes the connection, and parse what it sent."""
+    return _parse_response(_read_all(sock))
 
 
 def _read_all(sock: socket.socket) -> bytes:
@@ -93,6 +101,7 @@ def assert_error_body(response: RawResponse, status: int, code: str) -> dict[str
     body: dict[str, Any] = response.json()
     assert set(body) == ERROR_KEYS
     assert body["code"] == code, body
+    assert body["status"] == status
     assert isinstance(body["error"], str)
     assert body["error"]
     assert body["correlationId"] == response.headers["x-request-id"]

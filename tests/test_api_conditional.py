@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from tests.conftest import MAC, Client, write_config
+from tests.harness import ERROR_KEYS
 
 
 async def etag_of(client: Client, mac: str = MAC) -> str:
@@ -45,7 +46,8 @@ async def test_if_match_mismatch_is_412_and_changes_nothing(
     assert response.status_code == 412
     body = await response.get_json()
     assert body["code"] == "PRECONDITION_FAILED"
-    assert set(body) == {"error", "code", "details", "correlationId"}
+    assert set(body) == ERROR_KEYS
+    assert body["status"] == response.status_code
     assert json.loads((configs_dir / f"{MAC}.json").read_text()) == {"v": 1}
 
 

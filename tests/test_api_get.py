@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MAC, Client, write_config
+from tests.harness import raw_request
+from tests.server import running_server
 
 
 async def test_get_returns_summary_and_content(client: Client, configs_dir: Path) -> None:
@@ -104,3 +106,75 @@ async def test_device_endpoint_of_unknown_mac_is_404(client: Client) -> None:
     assert (await response.get_json())["code"] == "RECORD_NOT_FOUND"
     response = await client.get(f"/api/configs/{MAC}.json", headers={"If-None-Match": '"x"'})
     assert response.status_code == 404
+
+
+def test_the_real_servers_304_has_no_content_length_but_the_validators(
+    configs_dir: Path,
+) -> None:
+    write_config(configs_dir, MAC, {"deviceName": "Hall", "v": 1})
+    with running_server(configs_dir) as server:
+        target = f"/api/configs/{MAC}.json".encode()
+        full = raw_request(server.port, "GET", target)
+        conditional = {"If-None-Match": full.headers["etag"]}
+        revalidated = raw_request(
+            server.port, "GET", target, content_type=None, headers=conditional
+        )
+    assert full.status == 200
+    assert full.headers["content-length"] == str(len(full.body))
+    assert revalidated.status == 304
+    assert revalidated.body == b""
+    # RFC 9110 8.6: a 304 may carry Content-Length only if it is the 200's length.
+    assert (
+        revalidated.headers.get("content-length", full.headers["content-length"])
+        == (full.headers["content-length"])
+    )
+    assert revalidated.headers["etag"] == full.headers["etag"]
+    assert revalidated.headers["cache-control"] == "no-cache"
+
+
+@pytest.mark.parametrize(
+    "if_match", ['"stale"', 'W/"{etag}"', '"other", "more"'], ids=["stale", "weak", "list"]
+)
+async def test_device_endpoint_if_match_mismatch_is_412(
+    client: Client, configs_dir: Path, if_match: str
+) -> None:
+    write_config(configs_dir, MAC, {"v": 1})
+    etag = (await client.get(f"/api/configs/{MAC}.json")).headers["ETag"].strip('"')
+    response = await client.get(
+        f"/api/configs/{MAC}.json", headers={"If-Match": if_match.format(etag=etag)}
+    )
+    assert response.status_code == 412
+    body = await response.get_json()
+    assert (body["code"], body["status"]) == ("PRECONDITION_FAILED", 412)
+
+
+@pytest.mark.parametrize("if_match", ["*", '"stale", {etag}', "{etag}"])
+async def test_device_endpoint_if_match_that_matches_serves_the_document(
+    client: Client, configs_dir: Path, if_match: str
+) -> None:
+    write_config(configs_dir, MAC, {"v": 1})
+    etag = (await client.get(f"/api/configs/{MAC}.json")).headers["ETag"]
+    response = await client.get(
+        f"/api/configs/{MAC}.json", headers={"If-Match": if_match.format(etag=etag)}
+    )
+    assert response.status_code == 200
+    assert json.loads(await response.get_data()) == {"v": 1}
+
+
+@pytest.mark.parametrize("if_match", ["*", '"abc"'])
+async def test_device_endpoint_if_match_without_a_document_is_412(
+    client: Client, if_match: str
+) -> None:
+    response = await client.get(f"/api/configs/{MAC}.json", headers={"If-Match": if_match})
+    assert response.status_code == 412
+    assert (await response.get_json())["code"] == "PRECONDITION_FAILED"
+
+
+async def test_device_endpoint_if_match_wins_over_if_none_match(
+    client: Client, configs_dir: Path
+) -> None:
+    write_config(configs_dir, MAC, {"v": 1})
+    etag = (await client.get(f"/api/configs/{MAC}.json")).headers["ETag"]
+    headers = {"If-Match": '"stale"', "If-None-Match": etag}
+    response = await client.get(f"/api/configs/{MAC}.json", headers=headers)
+    assert response.status_code == 412

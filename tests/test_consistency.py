@@ -221,7 +221,7 @@ async def test_an_in_place_rewrite_in_the_same_tick_is_seen(
     os.utime(path, ns=(tick, tick))  # the file looks exactly as when it was read
     deadline = time.monotonic() + POLL_BOUND
     while await names(client) != {MAC: "two"} and time.monotonic() < deadline:
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)  # time.sleep would block the app this test polls
     assert await names(client) == {MAC: "two"}
 
 

@@ -1,4 +1,11 @@
-"""Crash safety: SIGKILL the real server amid big concurrent writes; no acknowledged write lost."""
+"""Crash safety: SIGKILL the real server amid big concurrent writes; every document stays whole.
+
+This proves atomicity (old or new document, never a partial one; no temp file survives a
+restart), not durability: SIGKILL ends the process but not the kernel, whose page cache
+keeps every write, fsynced or not. The file still holding the last acknowledged document
+after the kill shows the service acknowledges only installed writes; that it would survive a
+power cut is shown only by the fsync order (tests/test_durability.py) and the storage below.
+"""
 
 import json
 import random
@@ -117,7 +124,8 @@ def _check_disk(directory: Path, accepted: dict[str, list[Document]]) -> None:
     for mac, document in disk.items():
         assert document in accepted[mac], f"{mac}: not a document that was written"
         last_acked = accepted[mac][0]
-        assert document["seq"] >= last_acked["seq"], f"{mac}: an acknowledged write was lost"
+        # An acknowledged write was installed (through the page cache: not proof of fsync).
+        assert document["seq"] >= last_acked["seq"], f"{mac}: an acknowledged write is missing"
 
 
 def _check_restart(directory: Path) -> None:
@@ -139,7 +147,9 @@ def _check_restart(directory: Path) -> None:
         server.log.unlink(missing_ok=True)
 
 
-def test_sigkill_amid_concurrent_writes_loses_nothing_acknowledged(tmp_path: Path) -> None:
+def test_sigkill_amid_concurrent_writes_leaves_whole_documents_no_older_than_acknowledged(
+    tmp_path: Path,
+) -> None:
     directory = tmp_path / "configs"
     directory.mkdir()
     rng = random.Random(SEED)

@@ -14,7 +14,14 @@ import httpx
 import pytest
 
 from tests.conftest import Client, write_config
-from tests.harness import Unprivileged, give_to, private_parent, temp_files, unprivileged
+from tests.harness import (
+    ERROR_KEYS,
+    Unprivileged,
+    give_to,
+    private_parent,
+    temp_files,
+    unprivileged,
+)
 from tests.server import Server
 
 MAC = "0f-00-00-00-00-01"
@@ -41,7 +48,8 @@ def serving(run_as: Unprivileged, directory: Path) -> Iterator[httpx.Client]:
 def _assert_error(response: httpx.Response, status: int, code: str) -> str:
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error", "code", "details", "correlationId"}
+    assert set(body) == ERROR_KEYS
+    assert body["status"] == response.status_code
     assert body["code"] == code
     message: str = body["error"]
     return message

@@ -4,8 +4,7 @@ import pytest
 from quart import Quart
 
 from tests.conftest import MAC, Client
-
-ERROR_KEYS = {"error", "code", "details", "correlationId"}
+from tests.harness import ERROR_KEYS
 
 
 @pytest.mark.parametrize(
@@ -27,6 +26,7 @@ async def test_every_error_has_the_contract_body(
     assert response.status_code == status
     body = await response.get_json()
     assert set(body) == ERROR_KEYS
+    assert body["status"] == status
     assert body["code"] == code
     assert body["error"]
     assert body["correlationId"] == response.headers["X-Request-ID"]

@@ -407,6 +407,51 @@ async def test_full_queue_drops_and_counts_while_the_broker_is_down(
         assert sample(metrics, "iot_mqtt_queued") == 0
 
 
+async def test_saves_of_one_device_merge_so_the_queue_counts_devices(
+    configs_dir: Path, stopped_mosquitto: Mosquitto
+) -> None:
+    broker = stopped_mosquitto
+    broker.start()  # once, so that the broker keeps a session for the subscriber
+    async with subscriber(broker.port, "persistent"):
+        pass
+    broker.stop()
+    settings = mqtt_settings(configs_dir, broker.url, mqtt_queue_size=3)
+    async with serving(settings) as app:
+        client, extension = app.test_client(), notifications(app)
+        for version in range(3):
+            assert await put(client, MAC, json={"content": {"v": version}}) == 200
+        assert await put(client, OTHER_MAC) == 200
+        assert extension.queued == 2
+        assert (counted(extension, "merged"), counted(extension, "dropped")) == (2, 0)
+        broker.start()
+        async with subscriber(broker.port, "persistent") as sub:
+            assert await receive(sub, 2) == expected(MAC, OTHER_MAC)
+            assert await put(client, SENTINEL) == 200  # and nothing else was sent before it
+            assert await receive(sub, 1) == expected(SENTINEL)
+        assert sample(await scrape(client), 'iot_mqtt_publish_total{status="merged"}') == 2
+
+
+async def test_a_save_during_the_publish_of_its_device_is_not_merged_into_it(
+    configs_dir: Path, mosquitto: Mosquitto
+) -> None:
+    # That publish may already have reached the device, which then fetched the older file.
+    assert mosquitto.process is not None
+    async with (
+        subscriber(mosquitto.port) as sub,
+        serving(mqtt_settings(configs_dir, mosquitto.url)) as app,
+    ):
+        client, extension = app.test_client(), notifications(app)
+        await until(lambda: extension.connected)
+        mosquitto.process.send_signal(signal.SIGSTOP)  # no PUBACK until it resumes
+        assert await put(client, MAC) == 200
+        await until(lambda: extension.in_flight == MAC)
+        assert await put(client, MAC, json={"content": {"v": 2}}) == 200
+        assert extension.queued == 2
+        mosquitto.process.send_signal(signal.SIGCONT)
+        assert await receive(sub, 2) == expected(MAC, MAC)
+        assert counted(extension, "merged") == 0
+
+
 async def test_shutdown_flushes_the_queue(configs_dir: Path, mosquitto: Mosquitto) -> None:
     assert mosquitto.process is not None
     async with subscriber(mosquitto.port) as sub:

@@ -30,52 +30,93 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert settings.port == 4000
 
 
-@pytest.mark.parametrize(
-    ("env", "named"),
-    [
-        ({}, "ESP32_CONFIGS_DIR"),
-        ({"ESP32_CONFIGS_DIR": ""}, "ESP32_CONFIGS_DIR"),
-        ({"ESP32_CONFIGS_DIR": "/x", "PORT": "http"}, "PORT"),
-        ({"ESP32_CONFIGS_DIR": "/x", "CORS_ORIGINS": "http://a"}, "CORS_ORIGINS"),
-        ({"ESP32_CONFIGS_DIR": "/x", "MAX_CONTENT_LENGTH": "-1"}, "MAX_CONTENT_LENGTH"),
-        ({"ESP32_CONFIGS_DIR": "/x", "DEBUG": "maybe"}, "DEBUG"),
-        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_ISSUER": "keycloak.local"}, "OIDC_ISSUER"),
-        (
-            {"ESP32_CONFIGS_DIR": "/x", "OIDC_ISSUER": "https://kc.local/realms/iot"},
-            "OIDC_AUDIENCE",
-        ),
-        (
-            {"ESP32_CONFIGS_DIR": "/x", "OIDC_ROLES_CLAIM": "realm_access..roles"},
-            "OIDC_ROLES_CLAIM",
-        ),
-        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_READ_ROLE": "a b"}, "OIDC_READ_ROLE"),
-        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_WRITE_ROLE": ""}, "OIDC_WRITE_ROLE"),
-        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_DEVICE_CLAIM": " "}, "OIDC_DEVICE_CLAIM"),
-        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_ALGORITHMS": "RS256,HS256"}, "OIDC_ALGORITHMS"),
-        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_ALGORITHMS": "none"}, "OIDC_ALGORITHMS"),
-        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_LEEWAY": "-1"}, "OIDC_LEEWAY"),
-        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_HTTP_TIMEOUT": "0"}, "OIDC_HTTP_TIMEOUT"),
-        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_JWKS_MIN_REFRESH": "soon"}, "OIDC_JWKS_MIN_REFRESH"),
-        ({"ESP32_CONFIGS_DIR": "/x", "OIDC_JWKS_MAX_AGE": "0"}, "OIDC_JWKS_MAX_AGE"),
+# A malformed value for every setting (a list where several mistakes are likely).
+MALFORMED = {
+    "ESP32_CONFIGS_DIR": ["", "   "],
+    "CORS_ORIGINS": ["http://a", '{"a": 1}', '["a", 1]'],
+    "DEBUG": ["maybe"],
+    "SECRET_KEY": [""],
+    "MAX_CONTENT_LENGTH": ["-1", "1MB", "0"],
+    "HOST": ["", "http://0.0.0.0", "0.0.0.0:3201", "two words"],
+    "PORT": ["http", "70000", ""],
+    "LOG_LEVEL": ["verbose", "", "20"],
+    "SHUTDOWN_TIMEOUT": ["-1", "soon"],
+    "ALLOWED_HOSTS": [
+        "configs.example.org",
+        '["https://configs.example.org"]',
+        '["configs.example.org:443"]',
+        '[""]',
     ],
-)
-def test_bad_setting_is_one_line_naming_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], named: str
+    "BODY_TIMEOUT": ["0", "-5", "ten"],
+    "MQTT_URL": ["http://broker", "mqtt://broker:99999", "mqtt:///no-host"],
+    "MQTT_TOPIC": ["a/+/b", "a/#"],
+    "MQTT_QUEUE_SIZE": ["0", "many"],
+    "LOCK_TIMEOUT": ["0", "-1", "61", "forever"],
+    "OIDC_ISSUER": ["keycloak.local"],
+    "OIDC_AUDIENCE": [""],  # with OIDC_ISSUER set (CONTEXT)
+    "OIDC_ROLES_CLAIM": ["realm_access..roles"],
+    "OIDC_READ_ROLE": ["a b"],
+    "OIDC_WRITE_ROLE": [""],
+    "OIDC_DEVICE_CLAIM": [" "],
+    "OIDC_ALGORITHMS": ["RS256,HS256", "none"],
+    "OIDC_LEEWAY": ["-1"],
+    "OIDC_HTTP_TIMEOUT": ["0"],
+    "OIDC_JWKS_MIN_REFRESH": ["soon"],
+    "OIDC_JWKS_MAX_AGE": ["0"],
+}
+# Settings that are malformed only beside another one.
+CONTEXT = {"OIDC_AUDIENCE": {"OIDC_ISSUER": "https://kc.local/realms/iot"}}
+FREE_TEXT = {"MQTT_USERNAME", "MQTT_PASSWORD"}  # any string is a user name or a password
+CASES = [(name, value) for name, values in MALFORMED.items() for value in values]
+
+
+def test_every_setting_has_a_malformed_case() -> None:
+    assert set(MALFORMED) | FREE_TEXT == {name.upper() for name in Settings.model_fields}
+
+
+@pytest.mark.parametrize(("name", "value"), CASES)
+def test_a_malformed_setting_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, value: str
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    for name in ("ESP32_CONFIGS_DIR", "PORT", "CORS_ORIGINS", "MAX_CONTENT_LENGTH", "DEBUG"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ESP32_CONFIGS_DIR", str(tmp_path))
+    monkeypatch.setenv(name, value)
+    for other, other_value in CONTEXT.get(name, {}).items():
+        monkeypatch.setenv(other, other_value)
     with pytest.raises(SettingsError) as raised:
         load_settings()
     message = str(raised.value)
-    assert named in message
+    assert message.startswith(f"invalid settings: {name}: "), message
+    assert message.count(": ") == 2  # this setting alone
     assert "\n" not in message
 
 
-def test_main_refuses_to_start_with_one_clear_line(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "PORT": "not-a-port", "ESP32_CONFIGS_DIR": str(tmp_path)}
+def test_a_missing_configs_dir_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match="ESP32_CONFIGS_DIR"):
+        load_settings()
+
+
+@pytest.mark.parametrize("level", ["debug", "Warning", " ERROR "])
+def test_log_level_is_case_insensitive(tmp_path: Path, level: str) -> None:
+    settings = Settings(esp32_configs_dir=tmp_path, log_level=level, _env_file=None)
+    assert settings.log_level == level.strip().upper()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "not-a-port"),
+        ("LOG_LEVEL", "verbose"),
+        ("ALLOWED_HOSTS", "configs.example.org"),
+        ("BODY_TIMEOUT", "0"),
+        ("HOST", "http://0.0.0.0"),
+    ],
+)
+def test_main_refuses_to_start_with_one_clear_line(tmp_path: Path, name: str, value: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", "ESP32_CONFIGS_DIR": str(tmp_path), name: value}
     result = subprocess.run(
         [sys.executable, "-m", "quart_iot"],
         env=env,
@@ -85,10 +126,10 @@ def test_main_refuses_to_start_with_one_clear_line(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert result.returncode == 2
+    assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1
-    assert "PORT" in lines[0]
+    assert len(lines) == 1, result.stderr
+    assert f"{name}: " in lines[0]
     assert "Traceback" not in result.stderr
 
 

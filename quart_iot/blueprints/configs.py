@@ -10,6 +10,7 @@ from quart_schema import (
 from werkzeug.exceptions import MethodNotAllowed
 
 from quart_iot.apidocs import document_errors
+from quart_iot.errors import ConfigNotFound, ConfigUnreadable, PreconditionFailed
 from quart_iot.models import (
     ConditionalHeaders,
     ConfigDetail,
@@ -60,15 +61,19 @@ async def get_config(mac_address: str) -> Response:
 
 @blueprint.get("/api/configs/<mac_address>.json")
 @document_response(DeviceDocument, headers_model_class=ETagHeader)
-@document_errors(400, 404, 422, 503)
+@document_headers(ConditionalHeaders)
+@document_errors(400, 404, 412, 422, 503)
 async def get_device_config(mac_address: str) -> Response:
-    """The stored document as a device reads it; If-None-Match answers 304."""
-    store = current_store()
-    if request.if_none_match and request.if_none_match.contains_weak(
-        etag := await store.current_etag(mac_address)
-    ):
-        return device_response(b"", etag, status=304)
-    stored = await store.get(mac_address)
+    """The stored document as a device reads it; If-None-Match answers 304, If-Match 412."""
+    if request.if_match or request.if_none_match:
+        etag = await current_etag_or_none(mac_address)
+        if request.if_match and not (
+            etag and (request.if_match.star_tag or request.if_match.contains(etag))
+        ):
+            raise PreconditionFailed(mac_address.lower(), "If-Match")
+        if etag and request.if_none_match.contains_weak(etag):
+            return not_modified(etag)
+    stored = await current_store().get(mac_address)
     return device_response(stored.raw, stored.etag)
 
 
@@ -76,7 +81,7 @@ async def get_device_config(mac_address: str) -> Response:
 @validate_request(ConfigSave)
 @document_response(ConfigDetail, headers_model_class=ETagHeader)
 @document_headers(ConditionalHeaders)
-@document_errors(400, 409, 412, 413, 415, 503)
+@document_errors(400, 408, 409, 412, 413, 415, 503)
 async def save_config(mac_address: str, data: ConfigSave) -> Response:
     """Create or replace a device config (409 if it exists and allow_overwrite is false)."""
     stored = await current_store().save(mac_address, data.content, precondition(data))
@@ -109,8 +114,25 @@ def detail_response(stored: StoredConfig) -> Response:
     return response
 
 
-def device_response(body: bytes, etag: str, status: int = 200) -> Response:
-    response = Response(body, status=status, content_type="application/json")
+def device_response(body: bytes, etag: str) -> Response:
+    response = Response(body, content_type="application/json")
     response.set_etag(etag)
     response.headers["Cache-Control"] = "no-cache"
     return response
+
+
+def not_modified(etag: str) -> Response:
+    """A 304: the validators a 200 would carry, and no Content-Length (RFC 9110 8.6, 15.4.5)."""
+    response = device_response(b"", etag)
+    response.status_code = 304
+    del response.headers["Content-Length"]
+    del response.headers["Content-Type"]
+    return response
+
+
+async def current_etag_or_none(mac: str) -> str | None:
+    """The document's ETag, or None when there is no usable document (conditions fail on it)."""
+    try:
+        return await current_store().current_etag(mac)
+    except (ConfigNotFound, ConfigUnreadable):
+        return None
