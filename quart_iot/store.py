@@ -286,6 +286,12 @@ class ConfigStore:
         self._gave_up: asyncio.Future[None] | None = None  # done: the stop stops waiting
         # Called (on the event loop, must not block) after each successful save.
         self.saved_listeners: list[Callable[[StoredConfig], None]] = []
+        # Called on the event loop with (mac, ETag or None when gone or unusable) whenever the
+        # store sees a document change: a write of this process at once, another process's
+        # or an outside edit at the next sweep (SWEEP_INTERVAL). Must not block.
+        self.change_listeners: list[Callable[[str, str | None], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._primed = False  # a full scan happened: a name not in the cache now is new
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ConfigStore":
@@ -376,6 +382,7 @@ class ConfigStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         with contextlib.suppress(StorageUnavailable):  # logged; health reports it
             await self._run(self._remove_stale_temps)
         self._sweeper = asyncio.create_task(self._sweep_forever())
@@ -491,9 +498,11 @@ class ConfigStore:
             for name in self._entries.keys() - seen:
                 # A name saved after the scan began may be missing from it: not gone.
                 if self._entries[name].read_at < started:
-                    del self._entries[name]
+                    if self._entries.pop(name).etag is not None:
+                        self._changed(name, None)
                     self._body = None
             self._scanned_at = started
+        self._primed = True
 
     def _scan(self) -> tuple[set[str], list[str], dict[str, int]]:
         """Every config name, those whose entry is stale, and the inode of every other name."""
@@ -531,20 +540,25 @@ class ConfigStore:
 
     def _sweep(self) -> None:
         try:
+            # Names created or removed by other processes, as a list would see them (one stat
+            # of the directory when nothing changed), then files rewritten in place.
+            self._listing(time.monotonic_ns())
             with self._opened_dir() as fd:
                 self._sweep_in(fd)
-        except OSError:
+        except (OSError, StorageUnavailable):
             return  # the directory is in trouble; health and requests report it
 
     def _sweep_in(self, fd: int) -> None:
         for name, entry in list(self._entries.items()):
+            looked = time.monotonic_ns()
             try:
                 # Relative to the directory: building a path per name doubled the sweep's cost.
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 if Signature.of(st) != entry.signature or entry.racy:
                     self._refresh(name)
             except FileNotFoundError:
-                continue  # gone: the directory changed, and the next list rescans it
+                if entry.signature is not None:
+                    self._forget(name, looked)
             except OSError:
                 return  # the directory is in trouble; health and requests report it
 
@@ -576,7 +590,7 @@ class ConfigStore:
     def _entry_for(doc: StoredConfig, signature: Signature, read_at: int, racy: bool) -> _Entry:
         return _Entry(signature, read_at, racy, doc.summary_json, doc.etag)
 
-    def _remember(self, name: str, entry: _Entry) -> None:
+    def _remember(self, name: str, entry: _Entry, written: bool = False) -> None:
         with self._lock:
             old = self._entries.get(name)
             if old is not None and old.read_at > entry.read_at:
@@ -586,6 +600,10 @@ class ConfigStore:
             self._entries[name] = entry
             if old is None or old.summary_json != entry.summary_json:
                 self._body = None
+        # Before the first scan, a name new to the cache is news only when we wrote it.
+        news = old is not None or self._primed or written
+        if news and (old.etag if old else None) != entry.etag:
+            self._changed(name, entry.etag)
         if entry.problem and (old is None or old.signature != entry.signature):
             log.warning("skipping config file %r: %s", name, entry.problem)
 
@@ -600,6 +618,18 @@ class ConfigStore:
             self._entries[name] = _Entry(None, observed_at, False, None, None)
             if old is not None and old.summary_json:
                 self._body = None
+        if old is not None and old.etag is not None:
+            self._changed(name, None)
+
+    def _changed(self, name: str, etag: str | None) -> None:
+        """Tell the change listeners, on the event loop (called from any thread)."""
+        if self._loop is not None and self.change_listeners:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
+                self._loop.call_soon_threadsafe(self._tell_changed, name[:-5], etag)
+
+    def _tell_changed(self, mac: str, etag: str | None) -> None:
+        for listener in self.change_listeners:
+            listener(mac, etag)
 
     def _read_file(self, name: str) -> tuple[Signature, bytes]:
         """The bytes of a regular file, never following a link and never blocking on a FIFO."""
@@ -687,7 +717,8 @@ class ConfigStore:
                 os.close(fd)
                 _unlink_quietly(temp)
                 self._writing.discard(temp.name)
-        self._remember(name, self._entry_for(document, signature, installed_at, True))
+        entry = self._entry_for(document, signature, installed_at, True)
+        self._remember(name, entry, written=True)
         self._sync(SaveNotConfirmed(document))
         return document
 
