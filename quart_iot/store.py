@@ -48,6 +48,7 @@ from quart_iot.errors import (
     StorageUnavailable,
 )
 from quart_iot.models import StorageState
+from quart_iot.storagetime import timed
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,9 @@ class ConfigStore:
     ) -> StoredConfig:
         """Create or replace a document, atomically and durably."""
         mac = canonical_mac(mac)
-        saving = _writes.submit(partial(self._save, mac, content, precondition or Precondition()))
+        saving = _writes.submit(
+            timed(partial(self._save, mac, content, precondition or Precondition()))
+        )
         saving.add_done_callback(self._saved)  # a write that happened is told, whoever waits
         return await asyncio.shield(saving)
 
@@ -254,7 +257,7 @@ class ConfigStore:
         """Remove a document."""
         mac = canonical_mac(mac)
         await asyncio.shield(
-            _writes.submit(partial(self._delete, mac, precondition or Precondition()))
+            _writes.submit(timed(partial(self._delete, mac, precondition or Precondition())))
         )
 
     async def health(self) -> tuple[StorageState, str | None]:
@@ -263,12 +266,12 @@ class ConfigStore:
 
     @staticmethod
     async def _run(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs))
+        return await anyio.to_thread.run_sync(timed(lambda: func(*args, **kwargs)))
 
     @staticmethod
     async def _read(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """The hot reads, mostly answered from the cache: a cheaper, batched hop."""
-        return await _reads.run(lambda: func(*args, **kwargs))
+        return await _reads.run(timed(lambda: func(*args, **kwargs)))
 
     def _saved(self, saving: "asyncio.Future[StoredConfig]") -> None:
         if saving.exception() is None:
