@@ -83,7 +83,8 @@ def test_a_real_scrape_passes_promtool_check_metrics(tmp_path: Path) -> None:
     # MQTT on (nothing listens on the port): its series are in the scrape too.
     with running_server(tmp_path, MQTT_URL=f"mqtt://127.0.0.1:{free_port()}") as server:
         with httpx.Client(base_url=server.url) as http:
-            http.put(f"/api/configs/{MAC}", json={"content": {"deviceName": "Porch"}})
+            (tmp_path / f"{MAC}.json").write_text('{"deviceName": "Porch"}')
+            http.put(f"/api/configs/{MAC}", json={"content": 1})  # 400: nothing to notify
             for path in ("/api/configs", f"/api/configs/{OTHER_MAC}", "/api/health", "/x"):
                 http.get(path)
             http.request("MFOO", "/api/configs")
