@@ -182,12 +182,12 @@ def test_process_metrics_and_build_info(server: Server) -> None:
 
 def test_a_restart_shows_as_a_later_start_time(tmp_path: Path) -> None:
     server = Server(tmp_path)
-    server.start()
-    first = samples(scrape(server))["process_start_time_seconds"]
-    server.stop()
-    server.start()
     try:
+        server.start()
+        first = samples(scrape(server))["process_start_time_seconds"]
+        server.stop()
+        server.start()
         assert samples(scrape(server))["process_start_time_seconds"] > first
     finally:
-        server.stop()
+        server.stop()  # whatever failed: no server left running
         server.log.unlink(missing_ok=True)
