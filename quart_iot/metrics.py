@@ -1,17 +1,25 @@
 """Metrics extension: a registry per app, request hooks, and GET /metrics."""
 
 import time
+from importlib.metadata import version
 
+import anyio.to_thread
 from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
 from aioprometheus.renderer import render
-from quart import Quart, Response, g, request
+from quart import Quart, Response, current_app, g, request
 from quart_schema import hide
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from quart_iot import storagetime
 from quart_iot.errors import StorageUnavailable
+from quart_iot.procstats import read_process_stats
 from quart_iot.store import current_store
 
 CONFIG_BLUEPRINT = "configs"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Every label has a fixed set of values: any other method a client invents is "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"  # the route of a 404: no route template matched the path
 
 
 class Metrics:
@@ -34,18 +42,29 @@ class Metrics:
         )
         self.operation_duration = Histogram(
             "iot_config_operation_duration_seconds",
-            "Time to serve a config operation.",
+            "Time a config operation spent on storage work, in worker threads.",
             registry=r,
             buckets=_BUCKETS,
         )
         self.files = Gauge(
-            "iot_config_files_count", "Usable config documents in the directory.", registry=r
+            "iot_config_files",
+            "Usable config documents in the directory; absent while it cannot be read.",
+            registry=r,
+        )
+        self.writes_blocked = Gauge(
+            "iot_config_writes_blocked",
+            "1 while writes time out waiting for the directory's write lock, else 0.",
+            registry=r,
         )
         self.storage_up = Gauge(
             "iot_config_storage_available",
             "1 when the configs directory can be used, else 0.",
             registry=r,
         )
+        Gauge("iot_build_info", "Always 1; the version of quart_iot serving.", registry=r).set(
+            {"version": version("quart-iot")}, 1
+        )
+        self._process = ProcessMetrics(r)
 
     def init_app(self, app: Quart) -> None:
         app.extensions["metrics"] = self
@@ -55,30 +74,81 @@ class Metrics:
 
     async def _start_timer(self) -> None:
         g.metrics_started = time.perf_counter()
+        storagetime.start()
 
     async def _record(self, response: Response) -> Response:
         started = g.get("metrics_started")
         if started is None:  # failed before the hooks ran
             return response
         elapsed = time.perf_counter() - started
-        route = request.url_rule.rule if request.url_rule else "unmatched"
+        method = request.method if request.method in METHODS else "other"
+        route = route_label()
         status = str(response.status_code)
-        self.http_requests.inc({"method": request.method, "route": route, "status": status})
-        self.http_duration.observe({"method": request.method, "route": route}, elapsed)
+        self.http_requests.inc({"method": method, "route": route, "status": status})
+        self.http_duration.observe({"method": method, "route": route}, elapsed)
         if request.blueprint == CONFIG_BLUEPRINT and request.endpoint:
             operation = request.endpoint.rsplit(".", 1)[-1]
             outcome = str(g.get("error_code", "success")).lower()
             self.operations.inc({"operation": operation, "status": outcome})
-            self.operation_duration.observe({"operation": operation}, elapsed)
+            if (storage_seconds := storagetime.spent()) is not None:
+                self.operation_duration.observe({"operation": operation}, storage_seconds)
         return response
 
     @hide
     async def scrape(self) -> Response:
         """Prometheus text format; the file gauges are read from the directory now."""
+        store = current_store()
+        self.writes_blocked.set({}, int(store.writes_blocked))
         try:
-            self.files.set({}, await current_store().count())
-            self.storage_up.set({}, 1)
+            count = await store.count()
         except StorageUnavailable:
+            self.files.values.pop({}, None)  # unknown: no sample, rather than a stale one
             self.storage_up.set({}, 0)
+        else:
+            self.files.set({}, count)
+            self.storage_up.set({}, 1)
+        await self._process.update()
         body, headers = render(self.registry, request.headers.getlist("Accept"))
-        return Response(body, status=200, headers=headers)
+        return Response(body + b"\n", status=200, headers=headers)
+
+
+def route_label() -> str:
+    """The route template the request matched; for a 405, the one its path matched."""
+    if request.url_rule is not None:
+        return request.url_rule.rule
+    error = request.routing_exception
+    if not isinstance(error, MethodNotAllowed) or not error.valid_methods:
+        return UNMATCHED
+    adapter = current_app.create_url_adapter(request)
+    assert adapter is not None  # always, for a request
+    try:
+        rule, _ = adapter.match(method=next(iter(error.valid_methods)), return_rule=True)
+    except HTTPException:
+        return UNMATCHED
+    return str(rule.rule)
+
+
+class ProcessMetrics:
+    """The conventional process_* series, refreshed at each scrape."""
+
+    def __init__(self, registry: Registry) -> None:
+        r = registry
+        self.resident = Gauge("process_resident_memory_bytes", "Resident memory.", registry=r)
+        self.virtual = Gauge("process_virtual_memory_bytes", "Virtual memory.", registry=r)
+        self.cpu = Counter("process_cpu_seconds_total", "User and system CPU time.", registry=r)
+        self.start = Gauge(
+            "process_start_time_seconds", "Start time, seconds since the epoch.", registry=r
+        )
+        self.open_fds = Gauge("process_open_fds", "Open file descriptors.", registry=r)
+        self.max_fds = Gauge("process_max_fds", "Maximum open file descriptors.", registry=r)
+
+    async def update(self) -> None:
+        stats = await anyio.to_thread.run_sync(read_process_stats)
+        if stats is None:  # not Linux: no process series
+            return
+        self.resident.set({}, stats.resident_memory_bytes)
+        self.virtual.set({}, stats.virtual_memory_bytes)
+        self.cpu.set({}, stats.cpu_seconds)
+        self.start.set({}, stats.start_time_seconds)
+        self.open_fds.set({}, stats.open_fds)
+        self.max_fds.set({}, stats.max_fds)

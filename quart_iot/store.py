@@ -53,6 +53,7 @@ from quart_iot.errors import (
 )
 from quart_iot.models import StorageState
 from quart_iot.settings import Settings
+from quart_iot.storagetime import timed
 
 log = logging.getLogger(__name__)
 
@@ -310,12 +311,12 @@ class ConfigStore:
 
     async def list_json(self) -> bytes:
         """The list response body, `{"configs": [...], "count": n}`."""
-        body, _ = await _lists.run(partial(self._listing, time.monotonic_ns()))
+        body, _ = await _lists.run(timed(partial(self._listing, time.monotonic_ns())))
         return body
 
     async def count(self) -> int:
         """How many usable configs the directory holds now."""
-        _, count = await _lists.run(partial(self._listing, time.monotonic_ns()))
+        _, count = await _lists.run(timed(partial(self._listing, time.monotonic_ns())))
         return count
 
     async def get(self, mac: str) -> StoredConfig:
@@ -333,7 +334,7 @@ class ConfigStore:
         mac = canonical_mac(mac)
         deadline = time.monotonic() + self.lock_timeout  # a wait in the queue counts too
         condition = precondition or Precondition()
-        saving = _writes.submit(partial(self._save, mac, content, condition, deadline))
+        saving = _writes.submit(timed(partial(self._save, mac, content, condition, deadline)))
         saving.add_done_callback(self._saved)  # a write that happened is told, whoever waits
         return await self._written(saving)
 
@@ -342,7 +343,8 @@ class ConfigStore:
         mac = canonical_mac(mac)
         deadline = time.monotonic() + self.lock_timeout
         condition = precondition or Precondition()
-        await self._written(_writes.submit(partial(self._delete, mac, condition, deadline)))
+        deleting = _writes.submit(timed(partial(self._delete, mac, condition, deadline)))
+        await self._written(deleting)
 
     async def health(self) -> tuple[StorageState, str | None]:
         """("read-write" | "read-only" | "unavailable", the reason when unavailable)."""
@@ -350,12 +352,12 @@ class ConfigStore:
 
     @staticmethod
     async def _run(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        return await anyio.to_thread.run_sync(lambda: func(*args, **kwargs))
+        return await anyio.to_thread.run_sync(timed(lambda: func(*args, **kwargs)))
 
     @staticmethod
     async def _read(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """The hot reads, mostly answered from the cache: a cheaper, batched hop."""
-        return await _reads.run(lambda: func(*args, **kwargs))
+        return await _reads.run(timed(lambda: func(*args, **kwargs)))
 
     async def _written(self, writing: "asyncio.Future[R]") -> R:
         """The write's outcome. Cancelling the wait leaves the write running, as a stop does."""

@@ -160,7 +160,7 @@ def test_two_servers_on_one_directory_see_each_others_writes_at_once(configs_dir
             assert device.headers["ETag"] == put.headers["ETag"]
         assert second.put(f"/api/configs/{OTHER_MAC}", json={"content": {}}).status_code == 200
         assert listed(first) == {MAC: "v3", OTHER_MAC: None}
-        assert "iot_config_files_count 2" in first.get("/metrics").text
+        assert "iot_config_files 2" in first.get("/metrics").text
         assert first.delete(f"/api/configs/{MAC}").status_code == 204
         assert listed(second) == {OTHER_MAC: None}
         assert second.get(f"/api/configs/{MAC}").status_code == 404
@@ -247,7 +247,7 @@ async def test_a_save_reads_no_other_file_and_the_list_and_gauge_stay_cheap(
         put = await client.put(f"/api/configs/{THIRD_MAC}", json={"content": {"n": round_}})
         assert put.status_code == 200
         assert len(await names(client)) == 51
-        assert "iot_config_files_count 51" in (await (await client.get("/metrics")).get_data(True))
+        assert "iot_config_files 51" in (await (await client.get("/metrics")).get_data(True))
     assert set(read) <= {f"{THIRD_MAC}.json"}
 
 

@@ -106,10 +106,12 @@ async def test_a_held_lock_bounds_the_wait_and_health_says_writes_are_blocked(
         health = await client.get("/api/health")
         assert health.status_code == 200  # devices can still read their configs
         assert (await health.get_json())["storage"] == "writes-blocked"
+        assert b"iot_config_writes_blocked 1" in await (await client.get("/metrics")).get_data()
         assert (await client.get(f"/api/configs/{MAC}")).status_code == 200
     assert json.loads((configs_dir / f"{MAC}.json").read_text()) == {"v": "old"}
     assert temp_files(configs_dir) == []
     assert (await (await client.get("/api/health")).get_json())["storage"] == "read-write"
+    assert b"iot_config_writes_blocked 0" in await (await client.get("/metrics")).get_data()
     assert (await client.put(f"/api/configs/{MAC}", json={"content": {}})).status_code == 200
 
 

@@ -37,20 +37,23 @@ async def test_http_requests_are_counted(client: Client) -> None:
 
 
 async def test_file_count_is_true_at_every_scrape(client: Client, configs_dir: Path) -> None:
-    assert "iot_config_files_count 0" in await scrape(client)
+    assert "iot_config_files 0" in await scrape(client)
     write_config(configs_dir, MAC, {})
     write_config(configs_dir, OTHER_MAC, {})
-    assert "iot_config_files_count 2" in await scrape(client)
+    assert "iot_config_files 2" in await scrape(client)
     (configs_dir / f"{MAC}.json").unlink()
-    assert "iot_config_files_count 1" in await scrape(client)
+    assert "iot_config_files 1" in await scrape(client)
     assert "iot_config_storage_available 1" in await scrape(client)
 
 
 async def test_storage_gauge_drops_when_the_directory_goes(
     client: Client, configs_dir: Path
 ) -> None:
+    assert "\niot_config_files 0\n" in await scrape(client)
     configs_dir.rmdir()
-    assert "iot_config_storage_available 0" in await scrape(client)
+    text = await scrape(client)
+    assert "iot_config_storage_available 0" in text
+    assert "\niot_config_files " not in text  # unknown: no sample, not the last one
 
 
 async def test_each_app_has_its_own_registry(settings: Settings, app: Quart) -> None:

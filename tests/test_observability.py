@@ -1,6 +1,5 @@
 """docs/observability: the dashboard and the alert rules use only metrics the service exposes."""
 
-import importlib.util
 import json
 import re
 import shutil
@@ -29,7 +28,6 @@ needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
     reason="promtool not installed (Debian package prometheus; .ci/run installs it)",
 )
-HAS_MQTT = importlib.util.find_spec("quart_iot.notifications") is not None
 
 SCRAPE_SERIES = {"up"}  # written by Prometheus for each scrape, not by the service
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
@@ -212,8 +210,6 @@ async def test_mqtt_series_exist_only_when_mqtt_is_set(client: Client, configs_d
 
 @pytest.fixture
 async def mqtt_app(configs_dir: Path) -> AsyncIterator[Quart]:
-    if not HAS_MQTT:
-        pytest.skip("MQTT extension not present")
     # Nothing listens on the port: the publisher retries in the background, as with a broker down.
     settings = Settings(
         esp32_configs_dir=configs_dir,

@@ -20,7 +20,7 @@ def test_real_server_serves_the_contract(tmp_path: Path) -> None:
         device = http.get(f"/api/configs/{MAC}.json")
         assert json.loads(device.content) == {"deviceName": "x"}
         assert http.get("/api/health").json()["status"] == "healthy"
-        assert "iot_config_files_count 1" in http.get("/metrics").text
+        assert "iot_config_files 1" in http.get("/metrics").text
         assert http.delete(f"/api/configs/{MAC}").status_code == 204
 
 
