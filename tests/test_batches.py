@@ -10,6 +10,7 @@ import pytest
 
 from quart_iot.batches import BatchedThreads
 from quart_iot.store import ConfigStore, StoredConfig
+from quart_iot.store.files import Directory
 from tests.conftest import MAC
 
 _request = contextvars.ContextVar("request", default="-")
@@ -114,14 +115,14 @@ async def test_a_save_whose_request_is_cancelled_still_lands_and_is_told(
     store: ConfigStore, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started, release = threading.Event(), threading.Event()
-    write_temp = ConfigStore._write_temp
+    write_temp = Directory.write_temp
 
-    def held(self: ConfigStore, name: str, data: bytes) -> tuple[Path, int]:
+    def held(self: Directory, name: str, data: bytes) -> tuple[Path, int]:
         started.set()
         release.wait(10)
         return write_temp(self, name, data)
 
-    monkeypatch.setattr(ConfigStore, "_write_temp", held)
+    monkeypatch.setattr(Directory, "write_temp", held)
     told: list[StoredConfig] = []
     store.saved_listeners.append(told.append)
     task = asyncio.create_task(store.save(MAC, {"deviceName": "x"}))

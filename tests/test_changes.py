@@ -4,7 +4,8 @@ import asyncio
 import json
 from pathlib import Path
 
-from quart_iot.store import ConfigStore, etag_of
+from quart_iot.documents import etag_of
+from quart_iot.store import ConfigStore
 from tests.conftest import MAC, OTHER_MAC, write_config
 
 Change = tuple[str, str | None]

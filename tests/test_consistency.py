@@ -15,6 +15,8 @@ import pytest
 
 from quart_iot.documents import Document, parse_document
 from quart_iot.store import ConfigStore, Signature
+from quart_iot.store.files import Directory
+from quart_iot.store.index import Index
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
 from tests.server import running_server
 
@@ -236,13 +238,13 @@ async def test_a_save_reads_no_other_file_and_the_list_and_gauge_stay_cheap(
         os.utime(path, ns=(OLD_NS, OLD_NS))
     assert len(await names(client)) == 50
     read: list[str] = []
-    original = ConfigStore._read_file
+    original = Directory.read
 
-    def counting(self: ConfigStore, name: str) -> tuple[Signature, bytes]:
+    def counting(self: Directory, name: str) -> tuple[Signature, bytes]:
         read.append(name)
         return original(self, name)
 
-    monkeypatch.setattr(ConfigStore, "_read_file", counting)
+    monkeypatch.setattr(Directory, "read", counting)
     for round_ in range(3):
         put = await client.put(f"/api/configs/{THIRD_MAC}", json={"content": {"n": round_}})
         assert put.status_code == 200
@@ -263,7 +265,7 @@ async def test_get_parses_a_file_again_only_when_it_changed(
         parsed.append(data)
         return parse_document(data)
 
-    monkeypatch.setattr("quart_iot.store.parse_document", counting)
+    monkeypatch.setattr("quart_iot.store.index.parse_document", counting)
     for _ in range(3):
         body = await (await client.get(f"/api/configs/{MAC}")).get_json()
         assert body["device_name"] == "one"
@@ -277,8 +279,8 @@ async def test_get_parses_a_file_again_only_when_it_changed(
 
 def test_a_sweep_of_a_vanished_directory_does_nothing(tmp_path: Path) -> None:
     store = ConfigStore(tmp_path / "missing")
-    store._sweep()
-    assert store._entries == {}
+    store.index.sweep()
+    assert store.index._entries == {}
 
 
 def test_lists_queued_behind_one_check_share_it(
@@ -287,19 +289,19 @@ def test_lists_queued_behind_one_check_share_it(
     write_config(configs_dir, MAC, {"deviceName": "a"})
     store = ConfigStore(configs_dir)
     checks: list[int] = []
-    check_directory = ConfigStore._check_directory
+    check_directory = Index._check_directory
 
-    def counting(self: ConfigStore) -> None:
+    def counting(self: Index) -> None:
         checks.append(time.monotonic_ns())
         check_directory(self)
 
-    monkeypatch.setattr(ConfigStore, "_check_directory", counting)
+    monkeypatch.setattr(Index, "_check_directory", counting)
     arrived = time.monotonic_ns()
-    assert store._listing(arrived)[1] == 1
-    assert store._listing(arrived)[1] == 1  # arrived before that check began: shares it
+    assert store.index.listing(arrived)[1] == 1
+    assert store.index.listing(arrived)[1] == 1  # arrived before that check began: shares it
     assert len(checks) == 1
     write_config(configs_dir, OTHER_MAC, {"deviceName": "b"})
-    assert store._listing(time.monotonic_ns())[1] == 2  # arrived after: checks again
+    assert store.index.listing(time.monotonic_ns())[1] == 2  # arrived after: checks again
     assert len(checks) == 2
 
 
@@ -308,14 +310,14 @@ async def test_gets_are_served_while_lists_wait_for_a_rescan(
 ) -> None:
     write_config(configs_dir, MAC, {"deviceName": "a"})
     scanning, release = threading.Event(), threading.Event()
-    check_directory = ConfigStore._check_directory
+    check_directory = Index._check_directory
 
-    def held(self: ConfigStore) -> None:  # a cold rescan of a huge directory, held open
+    def held(self: Index) -> None:  # a cold rescan of a huge directory, held open
         scanning.set()
         release.wait(30)
         check_directory(self)
 
-    monkeypatch.setattr(ConfigStore, "_check_directory", held)
+    monkeypatch.setattr(Index, "_check_directory", held)
     lists = [asyncio.create_task(client.get("/api/configs"))]
     assert await asyncio.to_thread(scanning.wait, 10)
     for _ in range(8):  # one at a time, so that each would take a read thread of its own

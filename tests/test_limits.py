@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
-import quart_iot.store
+import quart_iot.store.extension
+import quart_iot.store.index
 from quart_iot.settings import Settings
 from quart_iot.store import LOCK_NAME, STALE_TEMP_SECONDS, ConfigStore, Signature, StoredConfig
+from quart_iot.store.index import Entry
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
 from tests.harness import temp_files
 
@@ -150,7 +152,7 @@ def _is_dir(fd: int) -> bool:
 async def test_a_slow_delete_never_hides_a_document_saved_and_seen_after_it(
     store: ConfigStore, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(quart_iot.store, "RACY_NS", 0)  # what seconds later would show
+    monkeypatch.setattr(quart_iot.store.index, "RACY_NS", 0)  # what seconds later would show
     write_config(configs_dir, MAC, {"v": "old"})
     assert MAC.encode() in await store.list_json()
     gate, real_fsync = threading.Event(), os.fsync
@@ -170,7 +172,7 @@ async def test_a_slow_delete_never_hides_a_document_saved_and_seen_after_it(
     gate.set()
     await deleting
     assert MAC.encode() in await store.list_json()
-    store._sweep()
+    store.index.sweep()
     assert MAC.encode() in await store.list_json()
     assert (await store.get(MAC)).content == {"v": "new"}
 
@@ -179,7 +181,7 @@ async def test_a_slow_delete_never_hides_a_document_saved_and_seen_after_it(
 async def test_a_read_older_than_a_delete_cannot_bring_the_name_back(
     store: ConfigStore, configs_dir: Path, monkeypatch: pytest.MonkeyPatch, listed_between: bool
 ) -> None:
-    monkeypatch.setattr(quart_iot.store, "RACY_NS", 0)
+    monkeypatch.setattr(quart_iot.store.index, "RACY_NS", 0)
     path = write_config(configs_dir, MAC, {"v": 1})
     assert MAC.encode() in await store.list_json()
     began = time.monotonic_ns()  # a read that began before the delete...
@@ -188,7 +190,7 @@ async def test_a_read_older_than_a_delete_cannot_bring_the_name_back(
     await store.delete(MAC)
     if listed_between:
         assert MAC.encode() not in await store.list_json()
-    store._remember(path.name, store._entry_for(seen, signature, began, False))  # ...ends after
+    store.index.remember(path.name, Entry.of(seen, signature, began, False))  # ...ends after
     assert MAC.encode() not in await store.list_json()
 
 
@@ -248,7 +250,7 @@ def _temp(configs_dir: Path, host: str, pid: int, age: float) -> Path:
 async def test_the_sweep_removes_old_temp_files_of_other_hosts_while_running(
     app: Any, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(quart_iot.store, "TEMP_SWEEP_INTERVAL", 0)
+    monkeypatch.setattr(quart_iot.store.extension, "TEMP_SWEEP_INTERVAL", 0)
     old = _temp(configs_dir, "pod-gone-7f9c", 1, STALE_TEMP_SECONDS + 10)
     recent = _temp(configs_dir, "pod-alive-1a2b", 1, 1)
     for _ in range(100):
@@ -262,11 +264,11 @@ async def test_the_sweep_removes_old_temp_files_of_other_hosts_while_running(
 async def test_the_sweep_never_takes_a_live_writers_temp_file(configs_dir: Path) -> None:
     store = ConfigStore(configs_dir)
     live = _temp(configs_dir, socket.gethostname(), os.getpid(), STALE_TEMP_SECONDS + 10)
-    store._writing.add(live.name)
-    store._remove_stale_temps()
+    store.directory.writing.add(live.name)
+    store.directory.remove_stale_temps()
     assert live.exists()
-    store._writing.discard(live.name)
-    store._remove_stale_temps()
+    store.directory.writing.discard(live.name)
+    store.directory.remove_stale_temps()
     assert not live.exists()
 
 

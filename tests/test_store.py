@@ -48,7 +48,7 @@ def test_stale_temp_files_are_removed_at_start(configs_dir: Path) -> None:
     os.utime(other_host_old, (old, old))
     write_config(configs_dir, MAC, {"keep": True})
 
-    ConfigStore(configs_dir)._remove_stale_temps()
+    ConfigStore(configs_dir).directory.remove_stale_temps()
 
     remaining = {p.name for p in configs_dir.iterdir()}
     assert remaining == {live.name, other_host_recent.name, f"{MAC}.json"}
@@ -91,7 +91,7 @@ async def test_in_place_rewrite_is_seen_by_the_sweep(configs_dir: Path) -> None:
     assert b'"before"' in await store.list_json()
     with path.open("r+") as file:  # same inode, same directory mtime
         file.write(json.dumps({"deviceName": "afterX"}))
-    store._sweep()
+    store.index.sweep()
     assert b'"afterX"' in await store.list_json()
 
 

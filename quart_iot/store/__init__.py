@@ -1,0 +1,38 @@
+"""The configs directory: one JSON document per device, named `<mac>.json`.
+
+- `records`: the values (MACs, stored documents, write conditions, file signatures);
+- `files`: the file primitives (safe read, durable atomic write, temp files);
+- `lock`: the write lock shared with every replica;
+- `index`: the validated cache behind the list, the ETags and the change notifications;
+- `writes`: the write path (conditions decided under the lock);
+- `extension`: ConfigStore, the Quart extension with the async API the routes call.
+"""
+
+from quart_iot.store.extension import (
+    SWEEP_INTERVAL,
+    ConfigStore,
+    current_store,
+    stop_worker_threads,
+)
+from quart_iot.store.files import LOCK_NAME, STALE_TEMP_SECONDS
+from quart_iot.store.records import (
+    MAC_PATTERN,
+    Precondition,
+    Signature,
+    StoredConfig,
+    canonical_mac,
+)
+
+__all__ = [
+    "LOCK_NAME",
+    "MAC_PATTERN",
+    "STALE_TEMP_SECONDS",
+    "SWEEP_INTERVAL",
+    "ConfigStore",
+    "Precondition",
+    "Signature",
+    "StoredConfig",
+    "canonical_mac",
+    "current_store",
+    "stop_worker_threads",
+]

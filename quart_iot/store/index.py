@@ -1,0 +1,260 @@
+"""The directory index: every config's list item and ETag, validated against the directory.
+
+The list is answered from it after one stat of the directory when nothing changed, a scandir
+and a stat of each name when it did; a background sweep catches in-place rewrites (which leave
+the directory alone). Every update carries the moment its observation was made, and an older
+one never replaces a newer one.
+"""
+
+import contextlib
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from quart_iot.documents import InvalidJson, etag_of, parse_document
+from quart_iot.errors import ConfigNotFound, ConfigUnreadable, StorageUnavailable
+from quart_iot.store.files import CONFIG_NAME, LOCK_NAME, TEMP_NAME, Directory, Unusable
+from quart_iot.store.outage import Outage, storage_errors
+from quart_iot.store.records import Signature, StoredConfig, summary_json
+
+log = logging.getLogger(__name__)
+
+# Timestamps move in coarse ticks, and replicas' clocks differ a little: a directory or file
+# changed this recently may change again without its mtime moving, so it is not trusted yet.
+RACY_NS = 2_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What the index knows of one `<mac>.json` name."""
+
+    signature: Signature | None  # None: seen absent (a tombstone)
+    read_at: int  # monotonic ns when the observation began: a later one wins
+    racy: bool  # read so soon after its mtime that an identical signature proves nothing
+    summary_json: bytes | None  # None: not a usable config
+    etag: str | None
+    problem: str | None = None
+
+    @classmethod
+    def of(cls, doc: StoredConfig, signature: Signature, read_at: int, racy: bool) -> "Entry":
+        return cls(signature, read_at, racy, doc.summary_json, doc.etag)
+
+
+class Index:
+    """The validated cache of the directory; `on_change(name, etag)` hears of every change."""
+
+    def __init__(self, directory: Directory, on_change: Callable[[str, str | None], None]) -> None:
+        self.directory = directory
+        self.outage = Outage("reads")
+        self._on_change = on_change
+        self._lock = threading.Lock()  # guards the fields below
+        self._scan_lock = threading.Lock()  # one directory rescan at a time
+        self._entries: dict[str, Entry] = {}
+        self._ignored: dict[str, int] = {}
+        self._dir_signature: Signature | None = None
+        self._dir_racy = True
+        self._checked_at = 0  # monotonic ns when the last successful check of it began
+        self._scanned_at = 0  # monotonic ns when the last rescan began
+        self._primed = False  # a full scan happened: a name not in the index now is new
+        self._body: bytes | None = None
+        self._count = 0
+
+    # -- the list ------------------------------------------------------------------------
+
+    def listing(self, arrived: int) -> tuple[bytes, int]:
+        """The list body and count, as the directory was at some moment after `arrived`."""
+        with self._scan_lock:
+            # A check that began after this request arrived saw every change made before:
+            # requests that queued behind one check (a long rescan) share it.
+            if self._checked_at <= arrived:
+                checking = time.monotonic_ns()
+                self._check_directory()
+                self._checked_at = checking
+                self.outage.recovered()
+            with self._lock:
+                if self._body is None:
+                    self._body, self._count = self._render()
+                return self._body, self._count
+
+    def stat_dir(self) -> os.stat_result:
+        with storage_errors("stat of the configs directory", self.outage):
+            st = os.stat(self.directory.path)
+        if not stat.S_ISDIR(st.st_mode):
+            self.outage.failed("the configs directory is not a directory")
+            raise StorageUnavailable("the configs directory is not a directory")
+        return st
+
+    def _check_directory(self) -> None:
+        started = time.time_ns()
+        st = self.stat_dir()
+        signature = Signature.of(st)
+        if signature != self._dir_signature or self._dir_racy:
+            with storage_errors("scan of the configs directory", self.outage):
+                self._rescan()
+            self._dir_signature = signature
+            self._dir_racy = started - st.st_mtime_ns < RACY_NS
+
+    def _rescan(self) -> None:
+        started = time.monotonic_ns()
+        seen, stale, ignored = self._scan()
+        self._warn_ignored(ignored)
+        for name in stale:
+            with contextlib.suppress(FileNotFoundError):
+                self.refresh(name)
+        with self._lock:
+            for name in self._entries.keys() - seen:
+                # A name saved after the scan began may be missing from it: not gone.
+                if self._entries[name].read_at < started:
+                    if self._entries.pop(name).etag is not None:
+                        self._on_change(name, None)
+                    self._body = None
+            self._scanned_at = started
+        self._primed = True
+
+    def _scan(self) -> tuple[set[str], list[str], dict[str, int]]:
+        """Every config name, those whose entry is stale, and the inode of every other name."""
+        seen: set[str] = set()
+        stale: list[str] = []
+        ignored: dict[str, int] = {}
+        # On a descriptor, each entry's stat is a cheap fstatat.
+        with self.directory.opened() as fd, os.scandir(fd) as entries:
+            for item in entries:
+                if CONFIG_NAME.fullmatch(item.name):
+                    with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                        if self._stale(item.name, item.stat(follow_symlinks=False)):
+                            stale.append(item.name)
+                        seen.add(item.name)
+                elif item.name != LOCK_NAME and not TEMP_NAME.fullmatch(item.name):
+                    ignored[item.name] = item.inode()
+        return seen, stale, ignored
+
+    def _stale(self, name: str, st: os.stat_result) -> bool:
+        # The whole signature, not just the inode: a name replaced twice since the last
+        # scan can get its first inode back (ext4 reuses a freed inode at once).
+        entry = self._entries.get(name)
+        return entry is None or entry.signature != Signature.of(st) or entry.racy
+
+    def _warn_ignored(self, ignored: dict[str, int]) -> None:
+        for name, inode in ignored.items():
+            if self._ignored.get(name) != inode:
+                log.warning("ignoring %r in the configs directory: not named <mac>.json", name)
+        self._ignored = ignored
+
+    def _render(self) -> tuple[bytes, int]:
+        parts = [e.summary_json for _, e in sorted(self._entries.items()) if e.summary_json]
+        body = b'{"configs":[' + b",".join(parts) + b'],"count":' + str(len(parts)).encode()
+        return body + b"}", len(parts)
+
+    def sweep(self) -> None:
+        """Names created or removed elsewhere (as a list would see them), then files rewritten
+        in place (they leave the directory alone)."""
+        try:
+            self.listing(time.monotonic_ns())
+            with self.directory.opened() as fd:
+                for name, entry in list(self._entries.items()):
+                    self._sweep_one(fd, name, entry)
+        except (OSError, StorageUnavailable):
+            return  # the directory is in trouble; health and requests report it
+
+    def _sweep_one(self, fd: int, name: str, entry: Entry) -> None:
+        looked = time.monotonic_ns()
+        try:
+            # Relative to the directory: building a path per name doubled the sweep's cost.
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            if entry.signature is not None:
+                self.forget(name, looked)
+            return
+        if Signature.of(st) != entry.signature or entry.racy:
+            with contextlib.suppress(FileNotFoundError):
+                self.refresh(name)
+
+    # -- one document --------------------------------------------------------------------
+
+    def get(self, mac: str) -> StoredConfig:
+        name = f"{mac}.json"
+        started = time.monotonic_ns()
+        with storage_errors(f"read of {name}", self.outage):
+            try:
+                document = self.refresh(name)
+            except FileNotFoundError:
+                self.stat_dir()
+                self.forget(name, started)
+                raise ConfigNotFound(mac) from None
+        self.outage.recovered()
+        if document is None:
+            raise ConfigUnreadable(mac)
+        return document
+
+    def current_etag(self, mac: str) -> str:
+        name = f"{mac}.json"
+        with storage_errors(f"stat of {name}", self.outage):
+            try:
+                signature: Signature | None = self.directory.lstat(name)
+            except FileNotFoundError:
+                signature = None
+        entry = self._entries.get(name)
+        if signature and entry and entry.signature == signature and entry.etag and not entry.racy:
+            return entry.etag
+        return self.get(mac).etag
+
+    def refresh(self, name: str) -> StoredConfig | None:
+        """Read one file into the index; the document when it is usable."""
+        read_at = time.monotonic_ns()
+        started = time.time_ns()
+        try:
+            signature, data = self.directory.read(name)
+        except Unusable as error:
+            racy = started - error.signature.mtime_ns < RACY_NS
+            self.remember(name, Entry(error.signature, read_at, racy, None, None, error.reason))
+            return None
+        known = self._entries.get(name)
+        if known and known.signature == signature and not known.racy and known.summary_json:
+            # The very bytes the index was made from: they were strict JSON then.
+            return StoredConfig(name[:-5], data, known.summary_json, etag_of(data))
+        racy = started - signature.mtime_ns < RACY_NS
+        try:
+            content = parse_document(data)
+        except InvalidJson as error:
+            self.remember(name, Entry(signature, read_at, racy, None, None, str(error)))
+            return None
+        document = StoredConfig(name[:-5], data, summary_json(name[:-5], content), etag_of(data))
+        self.remember(name, Entry.of(document, signature, read_at, racy))
+        return document
+
+    # -- updates, ordered by when they were observed ---------------------------------------
+
+    def remember(self, name: str, entry: Entry, written: bool = False) -> None:
+        with self._lock:
+            old = self._entries.get(name)
+            if old is not None and old.read_at > entry.read_at:
+                return  # a newer read got here first
+            if old is None and entry.read_at < self._scanned_at:
+                return  # a scan that began after this read found no such name
+            self._entries[name] = entry
+            if old is None or old.summary_json != entry.summary_json:
+                self._body = None
+        # Before the first scan, a name new to the index is news only when we wrote it.
+        news = old is not None or self._primed or written
+        if news and (old.etag if old else None) != entry.etag:
+            self._on_change(name, entry.etag)
+        if entry.problem and (old is None or old.signature != entry.signature):
+            log.warning("skipping config file %r: %s", name, entry.problem)
+
+    def forget(self, name: str, observed_at: int) -> None:
+        """The name was seen absent at `observed_at` (monotonic ns): unless a later look saw it."""
+        with self._lock:
+            old = self._entries.get(name)
+            if old is not None and old.read_at > observed_at:
+                return  # re-created, and seen, after this look: a slow delete must not hide it
+            # A tombstone, not a removal: a read that began before it cannot put the name back,
+            # and the sweep still stats the name, so a file created there again is found.
+            self._entries[name] = Entry(None, observed_at, False, None, None)
+            if old is not None and old.summary_json:
+                self._body = None
+        if old is not None and old.etag is not None:
+            self._on_change(name, None)

@@ -1,0 +1,128 @@
+"""The write path: a document saved or deleted atomically and durably, its condition decided
+under the write lock, the index told what became visible and when."""
+
+import os
+from functools import partial
+from pathlib import Path
+
+from quart_iot.documents import Document, dump_document, etag_of
+from quart_iot.errors import (
+    ConfigExists,
+    ConfigNotFound,
+    ConfigUnreadable,
+    DocumentTooLarge,
+    PreconditionFailed,
+    WriteNotConfirmed,
+)
+from quart_iot.store.files import Directory, Unusable
+from quart_iot.store.index import Entry, Index
+from quart_iot.store.lock import WriteLock
+from quart_iot.store.outage import Outage, storage_errors
+from quart_iot.store.records import Precondition, Signature, StoredConfig, summary_json
+
+
+class SaveNotConfirmed(WriteNotConfirmed):
+    """A save that is visible (so it is notified) but whose directory fsync failed."""
+
+    def __init__(self, stored: StoredConfig) -> None:
+        super().__init__(stored.mac, "saved", stored.etag)
+        self.stored = stored
+
+
+class Writer:
+    """Saves and deletes (blocking; run in the store's write threads)."""
+
+    def __init__(self, directory: Directory, lock: WriteLock, index: Index) -> None:
+        self.directory = directory
+        self.lock = lock
+        self.index = index
+        self.outage = Outage("writes")
+        self.sync_fault: str | None = None  # a directory fsync failed after a change
+
+    def save(
+        self, mac: str, content: Document, precondition: Precondition, deadline: float
+    ) -> StoredConfig:
+        data = dump_document(content)
+        if len(data) > self.directory.max_bytes:  # known before any disk I/O
+            raise DocumentTooLarge(len(data), self.directory.max_bytes)
+        name = f"{mac}.json"
+        document = StoredConfig(mac, data, summary_json(mac, content), etag_of(data))
+        with storage_errors(f"write of {name}", self.outage):
+            temp, fd = self.directory.write_temp(name, data)
+            try:
+                check = partial(self._check, mac, precondition)
+                install = partial(self._install, temp, name, precondition)
+                installed_at = self.lock.exclusively(deadline, check, install)
+                signature = Signature.of(os.fstat(fd))
+            finally:
+                os.close(fd)
+                self.directory.discard_temp(temp)
+        self.index.remember(name, Entry.of(document, signature, installed_at, True), written=True)
+        self._sync(SaveNotConfirmed(document))
+        return document
+
+    def delete(self, mac: str, precondition: Precondition, deadline: float) -> None:
+        name = f"{mac}.json"
+        with storage_errors(f"delete of {name}", self.outage):
+            check = partial(self._check, mac, precondition)
+            removed_at = self.lock.exclusively(deadline, check, partial(self._unlink, mac))
+        self.index.forget(name, removed_at)
+        self._sync(WriteNotConfirmed(mac, "deleted", None))
+
+    def sync_recovers(self) -> bool:
+        """Whether a directory fsync works again (it failed after a change)."""
+        try:
+            self.directory.fsync()
+        except OSError:
+            return False
+        self.sync_fault = None
+        return True
+
+    def _install(self, temp: Path, name: str, precondition: Precondition) -> int:
+        try:
+            return self.directory.install(temp, name, precondition.create_only)
+        except FileExistsError:
+            if precondition.if_none_match.star_tag:
+                raise PreconditionFailed(name[:-5], "If-None-Match") from None
+            raise ConfigExists(name[:-5]) from None
+        except IsADirectoryError:
+            raise ConfigUnreadable(
+                name[:-5], "is a directory, which a PUT never replaces"
+            ) from None
+
+    def _unlink(self, mac: str) -> int:
+        try:
+            return self.directory.unlink(f"{mac}.json")
+        except FileNotFoundError:
+            raise ConfigNotFound(mac) from None
+        except IsADirectoryError:
+            raise ConfigUnreadable(mac, "is a directory, which a DELETE never removes") from None
+
+    def _check(self, mac: str, precondition: Precondition) -> None:
+        if_match, if_none_match = precondition.if_match, precondition.if_none_match
+        if not if_match and not if_none_match:
+            return
+        current = self._etag_under_lock(f"{mac}.json")
+        if if_match and not (current and (if_match.star_tag or if_match.contains(current))):
+            raise PreconditionFailed(mac, "If-Match")
+        if if_none_match and current and if_none_match.contains_weak(current):
+            raise PreconditionFailed(mac, "If-None-Match")
+
+    def _etag_under_lock(self, name: str) -> str | None:
+        try:
+            return etag_of(self.directory.read(name)[1])
+        except FileNotFoundError:
+            return None
+        except Unusable:
+            return ""  # present, but has no ETag a client could hold
+
+    def _sync(self, unconfirmed: WriteNotConfirmed) -> None:
+        """fsync the directory after a change that is already visible (the rename or unlink)."""
+        try:
+            self.directory.fsync()
+        except OSError as error:
+            self.sync_fault = "the configs directory could not be synced to disk"
+            self.outage.failed(self.sync_fault, f"fsync of the directory: {error}")
+            raise unconfirmed from None
+        self.sync_fault = None
+        self.outage.recovered()
