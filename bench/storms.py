@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.documents import fill_directory, mac_of
 from bench.server import BenchServer, peak_memory
-from quart_iot.documents import MAX_DEPTH
+from quart_iot.documents import MAX_CONTAINERS, MAX_DEPTH
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
@@ -126,17 +126,15 @@ def _list_storm(server: BenchServer, done: threading.Event, answered: list[float
 
 
 def maximal_body() -> bytes:
-    """A PUT body of just under 1 MiB: arrays nested as deep as allowed, over and over."""
-    depth = MAX_DEPTH - 3  # the body's object, "content", the key's value
+    """The costliest PUT body accepted: just under 1 MiB, as many arrays as allowed, nested as
+    deep as allowed, and the rest small numbers (the most values per byte)."""
+    depth = MAX_DEPTH - 3  # below the body's object, "content" and "nested"
     item = "[" * depth + "0" + "]" * depth
-    head, tail = '{"content": {', "}}"
-    parts: list[str] = []
-    size = len(head) + len(tail)
-    while size + len(item) + 12 < MAX_BODY:
-        part = f'"k{len(parts)}": {item}'
-        parts.append(part)
-        size += len(part) + 2
-    return (head + ", ".join(parts) + tail).encode()
+    nested = ",".join([item] * ((MAX_CONTAINERS - 4) // depth))
+    head, middle, tail = '{"content":{"nested":[', '],"numbers":[', "]}}"
+    room = MAX_BODY - len(head) - len(nested) - len(middle) - len(tail)
+    numbers = ",".join(["7"] * (room // 2))
+    return (head + nested + middle + numbers + tail).encode()
 
 
 def maximal_puts(directory: Path, log: Path, clients: int, seconds: float) -> StormRun:

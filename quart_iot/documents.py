@@ -8,6 +8,12 @@ import sys
 from typing import Any
 
 MAX_DEPTH = 64
+# Objects and arrays in one document. Python builds one object per container, and the C
+# decoder and encoder hold the GIL throughout: a 1 MiB body of nested arrays (520,000 of
+# them) took 330 ms to decode and 100 ms to encode, stalling every other request. A real
+# config has tens or hundreds; at this bound a maximal body costs a few milliseconds.
+MAX_CONTAINERS = 10_000
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 # A double holds at most 309 integer digits; int() refuses more than 4300 with a Python message.
 MAX_INT_DIGITS = 309
 # `\uD800`-`\uDFFF` escapes: a pair is one character, a lone one is not Unicode at all.
@@ -48,6 +54,8 @@ _decoder = json.JSONDecoder(
 
 def parse_json(data: bytes) -> Any:
     """Strict JSON: UTF-8 only, no NaN/Infinity, no overflowing numbers, bounded nesting."""
+    if _containers(data) > MAX_CONTAINERS:
+        raise InvalidJson(f"JSON holds more than {MAX_CONTAINERS} objects and arrays")
     try:
         text = data.decode("utf-8")
         value = _decoder.decode(text)
@@ -64,6 +72,15 @@ def parse_json(data: bytes) -> Any:
     if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
         raise InvalidJson("a string holds a lone UTF-16 surrogate, which is not Unicode")
     return value
+
+
+def _containers(data: bytes) -> int:
+    """How many objects and arrays the JSON text opens, counted before building any."""
+    brackets = data.count(b"[") + data.count(b"{")  # an upper bound: strings may hold some
+    if brackets <= MAX_CONTAINERS:
+        return brackets
+    outside = _STRING.sub(b"", data)
+    return outside.count(b"[") + outside.count(b"{")
 
 
 def _has_lone_surrogate(value: Any) -> bool:

@@ -19,6 +19,8 @@ import pytest
 
 import quart_iot.store.extension
 import quart_iot.store.index
+from bench.storms import maximal_body
+from quart_iot.documents import MAX_CONTAINERS
 from quart_iot.settings import Settings
 from quart_iot.store import LOCK_NAME, STALE_TEMP_SECONDS, ConfigStore, Signature, StoredConfig
 from quart_iot.store.index import Entry
@@ -36,13 +38,30 @@ def nested_body(limit: int = LIMIT) -> bytes:
     return (head + ",".join([chunk] * count) + tail).encode()
 
 
+async def test_a_body_that_could_not_be_read_back_is_refused_not_stored(
+    client: Client, configs_dir: Path
+) -> None:
+    put = await put_raw(client, MAC, nested_body())  # 520,000 arrays
+    assert put.status_code == 400
+    error = await put.get_json()
+    assert error["code"] == "VALIDATION_FAILED"
+    assert f"more than {MAX_CONTAINERS} objects and arrays" in error["error"]
+    assert list(configs_dir.iterdir()) == []
+
+
+async def test_brackets_inside_strings_are_not_containers(client: Client) -> None:
+    content = {"pattern": "[{" * 20_000}
+    assert (await client.put(f"/api/configs/{MAC}", json={"content": content})).status_code == 200
+    assert (await (await client.get(f"/api/configs/{MAC}")).get_json())["content"] == content
+
+
 async def put_raw(client: Client, mac: str, body: bytes) -> Any:
     headers = {"Content-Type": "application/json"}
     return await client.put(f"/api/configs/{mac}", data=body, headers=headers)
 
 
 async def test_a_maximal_put_reads_back_byte_for_byte(client: Client, configs_dir: Path) -> None:
-    body = nested_body()
+    body = maximal_body()
     put = await put_raw(client, MAC, body)
     assert put.status_code == 200
     sent = json.loads(body)["content"]
