@@ -23,6 +23,7 @@ from itertools import islice
 from pathlib import Path
 from typing import cast
 
+from aioprometheus.collectors import Gauge
 from quart import Quart, Response, current_app, request
 
 from quart_iot.errors import ApiError
@@ -78,6 +79,13 @@ class Waiting:
 
     def init_app(self, app: Quart) -> None:
         app.extensions["waiting"] = self
+        self._gauge = Gauge(
+            "iot_waiting_requests",
+            "Requests held open: long polls (kind=long_poll) and event streams (kind=events).",
+            registry=app.extensions["metrics"].registry,
+        )
+        self._count("long_poll", 0)
+        self._count("events", 0)
         store = cast(ConfigStore, app.extensions["config_store"])
         store.change_listeners.append(self._changed)
         cast(GracefulStop, app.extensions["graceful_stop"]).stop_listeners.append(self.stop)
@@ -87,6 +95,9 @@ class Waiting:
     @property
     def waiters(self) -> int:
         return sum(len(waiters) for waiters in self._waiters.values())
+
+    def _count(self, kind: str, step: int) -> None:
+        self._gauge.add({"kind": kind}, step)
 
     # -- long polls ---------------------------------------------------------------------------
 
@@ -106,9 +117,11 @@ class Waiting:
         mac = canonical_mac(mac)
         waiter = Waiter(asyncio.get_running_loop().create_future())
         self._waiters.setdefault(mac, set()).add(waiter)
+        self._count("long_poll", 1)
         try:
             yield waiter
         finally:
+            self._count("long_poll", -1)
             waiters = self._waiters.get(mac)
             if waiters is not None:
                 waiters.discard(waiter)
@@ -132,6 +145,14 @@ class Waiting:
         return self._events(start)
 
     async def _events(self, seq: int | None) -> AsyncIterator[bytes]:
+        self._count("events", 1)
+        try:
+            async for chunk in self._events_from(seq):
+                yield chunk
+        finally:
+            self._count("events", -1)
+
+    async def _events_from(self, seq: int | None) -> AsyncIterator[bytes]:
         yield b": connected\n\n"
         if seq is None:
             yield f"id: {self.epoch}-{self._seq}\nevent: reset\ndata: {{}}\n\n".encode()
