@@ -33,6 +33,7 @@ def hypercorn_config(settings: Settings) -> Config:
     inherited = os.environ.get(LISTEN_FD_ENV)
     config.bind = [f"fd://{inherited}" if inherited else f"{host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_timeout
+    config.backlog = 4096  # thousands of long polls reconnect at once after a restart
     # Hypercorn's lines go through our handler (one format, one stream) instead of its own.
     config.accesslog = logging.getLogger("hypercorn.access")
     config.errorlog = logging.getLogger("hypercorn.error")
