@@ -30,9 +30,10 @@ log = logging.getLogger("quart_iot")
 def hypercorn_config(settings: Settings) -> Config:
     config = Config()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    inherited = os.environ.get(LISTEN_FD_ENV)
-    config.bind = [f"fd://{inherited}" if inherited else f"{host}:{settings.port}"]
+    config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_timeout
+    if inherited := os.environ.get(LISTEN_FD_ENV):  # a worker of WORKERS: its parent's socket
+        config.bind = [f"fd://{inherited}"]
     config.backlog = 4096  # thousands of long polls reconnect at once after a restart
     # Hypercorn's lines go through our handler (one format, one stream) instead of its own.
     config.accesslog = logging.getLogger("hypercorn.access")

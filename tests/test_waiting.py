@@ -56,9 +56,9 @@ async def held(http: httpx.AsyncClient, count: int, kind: str = "long_poll") -> 
         while True:
             text = (await http.get("/metrics")).text
             for line in text.splitlines():
-                if line.startswith(f'iot_waiting_requests{{kind="{kind}"}}'):
-                    if float(line.rsplit(" ", 1)[1]) >= count:
-                        return
+                name, _, value = line.rpartition(" ")
+                if name == f'iot_waiting_requests{{kind="{kind}"}}' and float(value) >= count:
+                    return
             await asyncio.sleep(0.02)
 
 
@@ -246,9 +246,9 @@ async def test_sigterm_answers_the_waiting_requests_at_once(tmp_path: Path) -> N
 async def test_two_workers_wake_each_others_waiters(tmp_path: Path) -> None:
     with running_server(tmp_path, **WAIT_ENV, WORKERS="2") as server:
         assert server.process is not None
-        workers = subprocess.run(
-            ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True, check=False
-        ).stdout.split()
+        pgrep = ["pgrep", "-P", str(server.process.pid)]
+        found = await asyncio.to_thread(subprocess.run, pgrep, capture_output=True, text=True)
+        workers = found.stdout.split()
         assert len(workers) == 2
         async with httpx.AsyncClient(base_url=server.url, timeout=40) as http:
             etags = {mac: await put(http, mac, {"v": 1}) for mac in (MAC, OTHER_MAC)}
