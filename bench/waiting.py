@@ -165,6 +165,35 @@ async def waiting_scenarios(args: argparse.Namespace, directory: Path) -> dict[s
     return out
 
 
+async def cross_worker_wake_ups(args: argparse.Namespace, directory: Path) -> dict[str, float]:
+    """With WORKERS=2: wake-up latency of 400 waiters spread over both workers by the kernel."""
+    with BenchServer(
+        directory, WORK / "workers-wake.log", {**SERVER_ENV, "WORKERS": "2"}
+    ) as server:
+        devices = 40
+        etags = {}
+        for index in range(devices):
+            _, headers = await asyncio.to_thread(server.fetch, f"/api/configs/{mac_of(index)}.json")
+            etags[mac_of(index)] = headers["etag"].strip('"')
+        connected = asyncio.Semaphore(200)
+        pollers = [
+            Poller(server.port, mac_of(n % devices), etags[mac_of(n % devices)]) for n in range(400)
+        ]
+        for poller in pollers:
+            poller.task = asyncio.create_task(poller.run(connected))
+        await asyncio.sleep(5)  # the gauge is per worker: give every poll time to be held
+        ordered = sorted(await wake_ups(server, pollers, 100))
+        for poller in pollers:
+            assert poller.task is not None
+            poller.task.cancel()
+    return {
+        "p50_ms": statistics.median(ordered) * 1000,
+        "p99_ms": ordered[int(len(ordered) * 0.99)] * 1000,
+        "max_ms": ordered[-1] * 1000,
+        "samples": len(ordered),
+    }
+
+
 def workers_scenarios(args: argparse.Namespace, directory: Path) -> dict[str, dict[str, float]]:
     """req/s of list and get with WORKERS=1 and 2, alternated, medians of `--runs`."""
     wrk = require_wrk()
@@ -217,6 +246,7 @@ def main() -> None:
     fill_directory(directory, max(args.waiters // args.per_device, 2))
     result = asyncio.run(waiting_scenarios(args, directory))
     if not args.skip_workers:
+        result["cross_worker_wake"] = asyncio.run(cross_worker_wake_ups(args, directory))
         result["workers"] = workers_scenarios(args, directory)
     (HERE / "results" / "waiting.json").write_text(json.dumps(result, indent=2) + "\n")
     (HERE / "results" / "waiting.md").write_text(report(result))

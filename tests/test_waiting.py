@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from quart_iot.waiting import preferred_wait
 from tests.conftest import MAC, OTHER_MAC
 from tests.server import Server, running_server
 
@@ -259,3 +260,21 @@ async def test_two_workers_wake_each_others_waiters(tmp_path: Path) -> None:
     assert [answer.status_code for answer in answers] == [200] * 8
     assert [answer.headers["ETag"] for answer in answers] == [new[MAC]] * 4 + [new[OTHER_MAC]] * 4
     assert all(answer.headers["Preference-Applied"] == "wait=30" for answer in answers)
+
+
+@pytest.mark.parametrize(
+    ("values", "seconds"),
+    [
+        (["wait=10"], 10),
+        (["respond-async, wait=5"], 5),
+        (["handling=lenient", 'Wait="7"'], 7),
+        (["wait=10;foo=bar"], 10),
+        (["wait=soon"], 0),
+        (["wait=1.5"], 0),
+        (["wait=-1"], 0),
+        (["wait=\u0661"], 0),  # a non-ASCII digit
+        ([], 0),
+    ],
+)
+def test_prefer_wait_is_read_as_rfc_7240_says(values: list[str], seconds: int) -> None:
+    assert preferred_wait(values) == seconds
