@@ -1,9 +1,14 @@
-"""`python -m quart_iot`: serve with hypercorn, one worker, graceful stop on SIGTERM."""
+"""`python -m quart_iot`: serve with hypercorn, WORKERS processes, graceful stop on SIGTERM."""
 
 import asyncio
 import logging
+import os
+import resource
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 from typing import cast
 
 from hypercorn.asyncio import serve
@@ -15,6 +20,9 @@ from quart_iot.correlation import HEADER
 from quart_iot.settings import Settings, SettingsError, load_settings
 from quart_iot.shutdown import GracefulStop
 from quart_iot.store import stop_worker_threads
+from quart_iot.waiting import PEERS_ENV
+
+LISTEN_FD_ENV = "QUART_IOT_LISTEN_FD"  # a worker serves the socket its parent bound
 
 log = logging.getLogger("quart_iot")
 
@@ -24,6 +32,9 @@ def hypercorn_config(settings: Settings) -> Config:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_timeout
+    if inherited := os.environ.get(LISTEN_FD_ENV):  # a worker of WORKERS: its parent's socket
+        config.bind = [f"fd://{inherited}"]
+    config.backlog = 4096  # thousands of long polls reconnect at once after a restart
     # Hypercorn's lines go through our handler (one format, one stream) instead of its own.
     config.accesslog = logging.getLogger("hypercorn.access")
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -52,12 +63,58 @@ async def serve_until_stopped(app: Quart, config: Config) -> None:
     await serve(app, config, shutdown_trigger=stop_when_signalled)
 
 
+def raise_open_file_limit() -> None:
+    """Soft limit to the hard one: each waiting client holds a socket."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run_workers(settings: Settings) -> int:
+    """Bind once, start WORKERS copies of this command on that socket, pass SIGTERM on."""
+    sockets = hypercorn_config(settings).create_sockets().insecure_sockets
+    peers = tempfile.mkdtemp(prefix="quart_iot-peers-")
+    workers = []
+    try:
+        for index in range(settings.workers):
+            env = {
+                **os.environ,
+                LISTEN_FD_ENV: str(sockets[0].fileno()),
+                PEERS_ENV: f"{peers}:{index}:{settings.workers}",
+            }
+            command = [sys.executable, "-m", "quart_iot"]
+            workers.append(subprocess.Popen(command, env=env, pass_fds=[sockets[0].fileno()]))
+        return supervise(workers)
+    finally:
+        for sock in sockets:
+            sock.close()
+        shutil.rmtree(peers, ignore_errors=True)
+
+
+def supervise(workers: list["subprocess.Popen[bytes]"]) -> int:
+    """Wait for the workers; a signal, or one worker's end, stops them all."""
+
+    def stop(signum: int = signal.SIGTERM, _: object = None) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    # Until the first worker ends (without reaping it: Popen reads its exit status).
+    os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+    stop()
+    return 1 if any(worker.wait() for worker in workers) else 0
+
+
 def main() -> int:
     try:
         settings = load_settings()
     except SettingsError as error:
         print(f"quart_iot: {error}", file=sys.stderr)
         return 2
+    raise_open_file_limit()
+    if settings.workers > 1 and LISTEN_FD_ENV not in os.environ:
+        return run_workers(settings)
     app = create_app(settings)
     asyncio.run(serve_until_stopped(app, hypercorn_config(settings)))
     stop_worker_threads()  # a write that outlived SHUTDOWN_TIMEOUT ends first: it is atomic

@@ -18,6 +18,7 @@ from quart_iot.notifications import Notifications
 from quart_iot.settings import Settings, load_settings
 from quart_iot.shutdown import GracefulStop
 from quart_iot.store import ConfigStore
+from quart_iot.waiting import Waiting
 
 
 def create_app(settings: Settings | None = None) -> Quart:
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     Notifications(settings).init_app(app)
     AccessControl(settings).init_app(app)
     GracefulStop(settings.shutdown_timeout).init_app(app)
+    Waiting(settings).init_app(app)
     register_error_handlers(app)
     app.register_blueprint(configs.blueprint)
     app.register_blueprint(health.blueprint)
@@ -48,7 +50,15 @@ def create_app(settings: Settings | None = None) -> Quart:
         app,
         allow_origin=settings.cors_origins,
         allow_methods=["GET", "PUT", "DELETE"],
-        allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match", HEADER],
-        expose_headers=["ETag", "WWW-Authenticate", HEADER],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "If-Match",
+            "If-None-Match",
+            "Prefer",
+            "Last-Event-ID",
+            HEADER,
+        ],
+        expose_headers=["ETag", "WWW-Authenticate", "Preference-Applied", HEADER],
         max_age=600,
     )

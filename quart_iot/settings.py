@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(default=10.0, ge=0)
     allowed_hosts: Annotated[list[str], NoDecode] = []
     body_timeout: float = Field(default=10.0, gt=0)
+    # Long polls (`Prefer: wait=n`) wait at most this long; 0 turns waiting off.
+    max_wait_seconds: int = Field(default=60, ge=0, le=3600)
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0, le=3600)
+    workers: int = Field(default=1, ge=1, le=64)
 
     mqtt_url: str | None = Field(default=None, repr=False)  # may hold a password
     mqtt_username: str | None = None

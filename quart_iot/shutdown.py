@@ -9,6 +9,7 @@ outcome unknown to the client) and the process waits for its file operation to e
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import cast
 
 from quart import Quart, current_app, g, request
@@ -34,6 +35,8 @@ class GracefulStop:
         self._idle = asyncio.Event()  # no write request in flight
         self._idle.set()
         self._store: ConfigStore | None = None
+        # Called on the loop the moment the stop begins (long polls are answered then).
+        self.stop_listeners: list[Callable[[], None]] = []
 
     def init_app(self, app: Quart) -> None:
         app.extensions["graceful_stop"] = self
@@ -61,6 +64,8 @@ class GracefulStop:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         self.stopping = True
+        for listener in self.stop_listeners:
+            listener()
         log.info("stopping: new writes refused, %d in flight", self._writes)
         try:
             await asyncio.wait_for(self._idle.wait(), self.timeout)

@@ -393,3 +393,37 @@ async def test_key_rotation_then_the_provider_down(
     assert_refused(await call(server, "GET", "/api/configs", stranger), 401, "UNAUTHORIZED")
     assert metric(await metrics(server), "iot_auth_jwks_fetches_total", outcome="error") == 1
     assert re.search(r"could not refresh the OIDC signing keys", server.stderr())
+
+
+async def test_events_need_the_read_role_and_a_device_long_polls_its_own_document(
+    server: Server, tokens: dict[str, str]
+) -> None:
+    headers = {"Authorization": f"Bearer {tokens['reader']}"}
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+        http.stream("GET", "/api/configs/events", headers=headers) as stream,
+    ):
+        assert stream.status_code == 200
+        assert await anext(stream.aiter_lines()) == ": connected"
+    for token in (None, tokens["norole"], tokens["device-a"]):
+        refused = await call(server, "GET", "/api/configs/events", token)
+        assert refused.status_code == (401 if token is None else 403)
+    device = tokens["device-a"]
+    etag = (await call(server, "GET", f"/api/configs/{MAC}.json", device)).headers["ETag"]
+    waited = await call(
+        server,
+        "GET",
+        f"/api/configs/{MAC}.json",
+        device,
+        headers={"If-None-Match": etag, "Prefer": "wait=1"},
+    )
+    assert waited.status_code == 304
+    assert waited.headers["Preference-Applied"] == "wait=1"
+    other = await call(
+        server,
+        "GET",
+        f"/api/configs/{OTHER_MAC}.json",
+        device,
+        headers={"If-None-Match": etag, "Prefer": "wait=1"},
+    )
+    assert_refused(other, 403, "FORBIDDEN")

@@ -10,7 +10,7 @@ from quart_schema import (
 from werkzeug.exceptions import MethodNotAllowed
 
 from quart_iot.apidocs import document_errors
-from quart_iot.errors import ConfigNotFound, ConfigUnreadable, PreconditionFailed
+from quart_iot.errors import ApiError, ConfigNotFound, ConfigUnreadable, PreconditionFailed
 from quart_iot.models import (
     ConditionalHeaders,
     ConfigDetail,
@@ -20,6 +20,7 @@ from quart_iot.models import (
     ETagHeader,
 )
 from quart_iot.store import Precondition, StoredConfig, current_store
+from quart_iot.waiting import current_waiting, event_stream_response
 
 blueprint = Blueprint("configs", __name__)
 tag_blueprint(blueprint, ["configs"])
@@ -59,22 +60,35 @@ async def get_config(mac_address: str) -> Response:
     return detail_response(await current_store().get(mac_address))
 
 
+@blueprint.get("/api/configs/events")
+@document_errors(503)
+async def config_events() -> Response:
+    """Server-sent events: `saved`/`deleted` per change, `reset` when Last-Event-ID is too old."""
+    return event_stream_response(request.headers.get("Last-Event-ID"))
+
+
 @blueprint.get("/api/configs/<mac_address>.json")
 @document_response(DeviceDocument, headers_model_class=ETagHeader)
 @document_headers(ConditionalHeaders)
 @document_errors(400, 404, 412, 422, 503)
 async def get_device_config(mac_address: str) -> Response:
-    """The stored document as a device reads it; If-None-Match answers 304, If-Match 412."""
-    if request.if_match or request.if_none_match:
-        etag = await current_etag_or_none(mac_address)
-        if request.if_match and not (
-            etag and (request.if_match.star_tag or request.if_match.contains(etag))
-        ):
-            raise PreconditionFailed(mac_address.lower(), "If-Match")
-        if etag and request.if_none_match.contains_weak(etag):
-            return not_modified(etag)
-    stored = await current_store().get(mac_address)
-    return device_response(stored.raw, stored.etag)
+    """The device's document; If-None-Match answers 304, or waits with `Prefer: wait=n`."""
+    waiting = current_waiting()
+    seconds = waiting.requested_wait()
+    waited = 0  # the seconds of a wait that happened, for Preference-Applied
+    with waiting.watching(mac_address, seconds) as waiter:  # before the ETag is read
+        if request.if_match or request.if_none_match:
+            etag = await current_etag_or_none(mac_address)
+            if request.if_match and not (
+                etag and (request.if_match.star_tag or request.if_match.contains(etag))
+            ):
+                raise PreconditionFailed(mac_address.lower(), "If-Match")
+            if etag and request.if_none_match.contains_weak(etag):
+                if waiter is None or not await waiting.changed(waiter, etag, seconds):
+                    return preference_applied(not_modified(etag), seconds if waiter else 0)
+                waited = seconds
+        stored = await get_after_wait(mac_address, waited)
+    return preference_applied(device_response(stored.raw, stored.etag), waited)
 
 
 @blueprint.put("/api/configs/<mac_address>")
@@ -136,3 +150,19 @@ async def current_etag_or_none(mac: str) -> str | None:
         return await current_store().current_etag(mac)
     except (ConfigNotFound, ConfigUnreadable):
         return None
+
+
+async def get_after_wait(mac: str, seconds: int) -> StoredConfig:
+    """The document; after a wait, its 404 says that it waited too."""
+    try:
+        return await current_store().get(mac)
+    except ApiError as error:
+        if seconds:
+            error.headers = {**(error.headers or {}), "Preference-Applied": f"wait={seconds}"}
+        raise
+
+
+def preference_applied(response: Response, seconds: int | None) -> Response:
+    if seconds:
+        response.headers["Preference-Applied"] = f"wait={seconds}"
+    return response
