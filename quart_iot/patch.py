@@ -30,8 +30,8 @@ def _diff(source: Any, target: Any, path: str, out: list[Operation]) -> None:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """JSON equality: 1 and 1.0 are one number, but true is not 1."""
-    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+    """Equal as stored: true is not 1, and 1.0 is not 1 (their bytes and ETags differ)."""
+    return type(a) is type(b) and a == b
 
 
 def _escape(key: str) -> str:

@@ -242,12 +242,15 @@ class ConfigStore:
 
     async def _sweep_forever(self) -> None:
         temps_swept = time.monotonic()
-        surveyed = -HISTORY_SURVEY_INTERVAL  # the first sweep surveys the history
+        surveyed = -float("inf")  # the first sweep surveys the history
+        # Often enough that a version past its days goes within half of them (tests use
+        # seconds).
+        survey_every = min(HISTORY_SURVEY_INTERVAL, self.history.max_age_ns / 2e9)
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 await self._run(self.index.sweep)
-                if time.monotonic() - surveyed >= HISTORY_SURVEY_INTERVAL:
+                if time.monotonic() - surveyed >= survey_every:
                     surveyed = time.monotonic()
                     self.history.pending.update(await self._run(self.history.survey))
                 await self._run(self._prune)
