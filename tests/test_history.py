@@ -217,8 +217,8 @@ async def test_retention_by_count(small_app: Quart) -> None:
     for i in range(6):
         await put(client, {"i": i})
     await _until(lambda kept: len(kept) == 3, client)
-    assert [v["etag"] for v in await versions(client)][0] == await _etag(client)
-    metrics = (await (await client.get("/metrics")).get_data()).decode()
+    assert (await versions(client))[0]["etag"] == await _etag(client)
+    metrics = await (await client.get("/metrics")).get_data(as_text=True)
     assert "iot_config_history_pruned_total 3" in metrics
 
 
@@ -261,7 +261,7 @@ async def test_history_metrics(client: Client, configs_dir: Path) -> None:
     await put(client, {"deviceName": "b"})
     assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204  # links "b" again
     await asyncio.sleep(1.2)  # the first sweep surveys the history
-    metrics = (await (await client.get("/metrics")).get_data()).decode()
+    metrics = await (await client.get("/metrics")).get_data(as_text=True)
     assert "iot_config_history_versions 3" in metrics
     size = len(b'{"deviceName":"a"}\n')
     assert f"iot_config_history_bytes {2 * size}" in metrics
