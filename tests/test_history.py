@@ -277,3 +277,12 @@ async def _until(done: Any, client: Client) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(await versions(client))
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "POST", "PATCH"])
+async def test_the_deleted_list_is_read_only(client: Client, method: str) -> None:
+    response = await client.open("/api/configs/deleted", method=method, json={"content": {}})
+    assert await error_code(response) == (405, "METHOD_NOT_ALLOWED")
+    assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+    options = await client.options("/api/configs/deleted")
+    assert options.headers["Allow"] == "GET, HEAD, OPTIONS"
