@@ -286,3 +286,19 @@ async def test_the_deleted_list_is_read_only(client: Client, method: str) -> Non
     assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
     options = await client.options("/api/configs/deleted")
     assert options.headers["Allow"] == "GET, HEAD, OPTIONS"
+
+
+async def test_the_history_list_sees_a_change_after_it_was_cached(
+    client: Client, configs_dir: Path
+) -> None:
+    await put(client, {"deviceName": "a"})
+    await put(client, {"deviceName": "b"})
+    await asyncio.sleep(2.1)  # past the timestamp tick: the listing is cached from now on
+    assert [v["device_name"] for v in await versions(client)] == ["b", "a"]
+    assert [v["device_name"] for v in await versions(client)] == ["b", "a"]
+    current = configs_dir / f"{MAC}.json"
+    with current.open("r+b") as file:  # in place: the newest version is this very file
+        file.write(b'{"deviceName":"c"}\n')
+    assert [v["device_name"] for v in await versions(client)] == ["c", "a"]
+    await put(client, {"deviceName": "d"})
+    assert [v["device_name"] for v in await versions(client)] == ["d", "c", "a"]

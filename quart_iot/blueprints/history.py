@@ -19,7 +19,7 @@ from quart_iot.models import (
     HistoryList,
     JsonPatch,
 )
-from quart_iot.store import canonical_mac, current_store
+from quart_iot.store import current_store
 
 blueprint = Blueprint("history", __name__)
 tag_blueprint(blueprint, ["history"])
@@ -58,9 +58,8 @@ async def list_deleted() -> Response:
 @document_errors(400, 404, 422, 503)
 async def list_versions(mac_address: str) -> Response:
     """Every kept version of one device, newest first (also after it was deleted)."""
-    versions = await current_store().versions(mac_address)
-    mac = canonical_mac(mac_address)
-    return json_response({"mac_address": mac, "versions": versions, "count": len(versions)})
+    body = await current_store().versions_json(mac_address)
+    return Response(body, content_type="application/json")
 
 
 @blueprint.get(VERSION)

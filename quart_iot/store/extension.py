@@ -149,8 +149,8 @@ class ConfigStore:
 
     # -- history ---------------------------------------------------------------------------
 
-    async def versions(self, mac: str) -> list[dict[str, Any]]:
-        """Every kept version of one device, newest first."""
+    async def versions_json(self, mac: str) -> bytes:
+        """The history body of one device: every kept version, newest first."""
         mac = canonical_mac(mac)
         return await self._read(self._history_read, self.history.listing, mac)
 

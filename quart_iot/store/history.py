@@ -28,6 +28,7 @@ from typing import Any
 from quart_iot.documents import InvalidJson, etag_of, parse_document
 from quart_iot.errors import ConfigNotFound, ConfigUnreadable, InvalidVersion, VersionNotFound
 from quart_iot.store.files import HISTORY_NAME, Directory
+from quart_iot.store.index import RACY_NS
 from quart_iot.store.records import Signature, StoredConfig, summary_json
 
 VERSION_PATTERN = r"[0-9]{19}-[0-9a-f]{8}"  # also published in the OpenAPI document
@@ -73,18 +74,36 @@ def check_version(raw: str) -> str:
     return raw
 
 
-@dataclass(frozen=True, slots=True)
 class Shelf:
-    """One device's history directory as a write found it (under the lock)."""
+    """One device's history directory as it was found (under the lock, for a write)."""
 
-    fd: int
-    versions: list[Version]  # oldest first
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        # Names sort in time order (fixed-length ids first); parsed only where needed, since
+        # a write needs just the newest and the oldest.
+        self.names = sorted(name for name in os.listdir(fd) if name.endswith(".json"))
+
+    @property
+    def versions(self) -> list[Version]:
+        """Every version, oldest first."""
+        parsed = (Version.parse(name) for name in self.names)
+        return [version for version in parsed if version is not None]
+
+    def newest(self) -> Version | None:
+        return next(filter(None, map(Version.parse, reversed(self.names))), None)
+
+    def oldest(self) -> Version | None:
+        return next(filter(None, map(Version.parse, self.names)), None)
+
+    def add(self, version: Version) -> None:
+        self.names.append(version.name)
 
     def new_id(self) -> str:
         """Later than every kept version, whatever the clocks of the replicas say."""
         now = time.time_ns()
-        if self.versions:
-            now = max(now, self.versions[-1].saved_ns + 1)
+        newest = self.newest()
+        if newest is not None:
+            now = max(now, newest.saved_ns + 1)
         return f"{now:019d}-{secrets.token_hex(4)}"
 
 
@@ -101,6 +120,7 @@ class History:
         self.pruned = 0
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], tuple[Signature, dict[str, Any]]] = {}
+        self._listings: dict[str, tuple[tuple[Signature, Signature | None], bytes]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -111,6 +131,11 @@ class History:
     @contextlib.contextmanager
     def shelf(self, mac: str, create: bool = True) -> Iterator[Shelf]:
         """The device's history directory, made (durably) when it is the first version."""
+        with self._shelf_fd(mac, create) as fd:
+            yield Shelf(fd)
+
+    @contextlib.contextmanager
+    def _shelf_fd(self, mac: str, create: bool) -> Iterator[int]:
         with self.directory.opened() as top:
             root = _open_dir(HISTORY_NAME, top, create)
             try:
@@ -118,7 +143,7 @@ class History:
             finally:
                 os.close(root)
         try:
-            yield Shelf(fd, _versions(fd))
+            yield fd
         finally:
             os.close(fd)
 
@@ -131,7 +156,7 @@ class History:
                 return False
             if not stat.S_ISREG(current.st_mode) or self._is_newest(shelf, current):
                 return True
-            change = "updated" if shelf.versions else "created"
+            change = "updated" if shelf.newest() else "created"
             version = Version(shelf.new_id(), change)
             os.link(
                 f"{mac}.json",
@@ -140,7 +165,7 @@ class History:
                 dst_dir_fd=shelf.fd,
                 follow_symlinks=False,
             )
-        shelf.versions.append(version)
+        shelf.add(version)
         os.fsync(shelf.fd)  # kept durably before the rename that replaces it can be
         return True
 
@@ -160,38 +185,69 @@ class History:
             os.unlink(version.name, dir_fd=shelf.fd)
             return
         os.fsync(shelf.fd)
-        shelf.versions.append(version)
-        if self._past_limit(shelf.versions):
+        shelf.add(version)
+        if self._past_limit(shelf):
             with self._lock:
                 self.pending.add(mac)
 
     def _is_newest(self, shelf: Shelf, current: os.stat_result) -> bool:
-        if not shelf.versions:
+        version = shelf.newest()
+        if version is None:
             return False
         try:
-            newest = os.stat(shelf.versions[-1].name, dir_fd=shelf.fd, follow_symlinks=False)
+            newest = os.stat(version.name, dir_fd=shelf.fd, follow_symlinks=False)
         except FileNotFoundError:
             return False
         return (newest.st_dev, newest.st_ino) == (current.st_dev, current.st_ino)
 
-    def _past_limit(self, versions: list[Version]) -> bool:
-        too_old = time.time_ns() - versions[0].saved_ns > self.max_age_ns
-        return len(versions) > self.max_versions or too_old
+    def _past_limit(self, shelf: Shelf) -> bool:
+        oldest = shelf.oldest()
+        too_old = oldest is not None and time.time_ns() - oldest.saved_ns > self.max_age_ns
+        return len(shelf.names) > self.max_versions or too_old
 
     # -- reads -----------------------------------------------------------------------------
 
-    def listing(self, mac: str) -> list[dict[str, Any]]:
-        """Every version of one device, newest first (ConfigNotFound if it never had one)."""
+    def listing(self, mac: str) -> bytes:
+        """The history body of one device, versions newest first (ConfigNotFound if it never
+        had a document)."""
         try:
-            with self.shelf(mac, create=False) as shelf:
-                return [self._describe(shelf.fd, mac, v) for v in reversed(shelf.versions)]
+            with self._shelf_fd(mac, create=False) as fd:
+                return self._listing(fd, mac)
         except (FileNotFoundError, NotADirectoryError):
             with self.directory.opened() as top:
                 try:
                     os.stat(f"{mac}.json", dir_fd=top, follow_symlinks=False)
                 except FileNotFoundError:
                     raise ConfigNotFound(mac) from None
-            return []  # a document from before history: kept when a write replaces it
+            return _body(mac, [])  # a document from before history: kept when a write replaces it
+
+    def _listing(self, fd: int, mac: str) -> bytes:
+        """From the cache while neither the directory nor the current file changed."""
+        key = self._listing_key(fd, mac)
+        hit = self._listings.get(mac)
+        if hit is not None and key is not None and hit[0] == key:
+            return hit[1]
+        body = _body(mac, [self._describe(fd, mac, v) for v in reversed(Shelf(fd).versions)])
+        if key is not None:
+            if len(self._listings) >= CACHE_SIZE // 10:
+                self._listings.clear()
+            self._listings[mac] = (key, body)
+        return body
+
+    def _listing_key(self, fd: int, mac: str) -> tuple[Signature, Signature | None] | None:
+        """What identifies the listing; None while a change could hide in a timestamp tick.
+
+        The directory changes with every version linked or removed; the current file is the
+        one version a (careless) in-place edit could change.
+        """
+        now = time.time_ns()
+        shelf = Signature.of(os.fstat(fd))
+        try:
+            current: Signature | None = self.directory.lstat(f"{mac}.json")
+        except FileNotFoundError:
+            current = None
+        newest = max(shelf.mtime_ns, current.ctime_ns if current else 0)
+        return None if now - newest < RACY_NS else (shelf, current)
 
     def read(self, mac: str, version_id: str) -> tuple[Version, StoredConfig]:
         """One version as a stored document."""
@@ -216,9 +272,9 @@ class History:
             os.stat(f"{mac}.json", dir_fd=top, follow_symlinks=False)
             return []
         with self.shelf(mac, create=False) as shelf:
-            if not shelf.versions:
+            last = shelf.newest()
+            if last is None:
                 return []
-            last = shelf.versions[-1]
             item = self._describe(shelf.fd, mac, last)
         deleted_at = last.saved_at if last.change == "deleted" else None
         return [{**item, "deleted_at": deleted_at}]
@@ -350,11 +406,6 @@ def _open_dir(name: str, parent: int, create: bool) -> int:
     return os.open(name, _OPEN_DIR, dir_fd=parent)
 
 
-def _versions(fd: int) -> list[Version]:
-    versions = (Version.parse(name) for name in os.listdir(fd))
-    return sorted((v for v in versions if v is not None), key=lambda v: v.id)
-
-
 def _find(versions: list[Version], mac: str, version_id: str) -> Version:
     for version in versions:
         if version.id == version_id:
@@ -386,6 +437,11 @@ def _stored(mac: str, data: bytes) -> StoredConfig:
     except InvalidJson:
         raise ConfigUnreadable(mac, "has a version that is not a JSON object") from None
     return StoredConfig(mac, data, summary_json(mac, content), etag_of(data))
+
+
+def _body(mac: str, versions: list[dict[str, Any]]) -> bytes:
+    body = {"mac_address": mac, "versions": versions, "count": len(versions)}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _is_mac(name: str) -> bool:
