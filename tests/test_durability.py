@@ -129,3 +129,18 @@ async def test_a_deleted_document_is_kept_durably_before_the_unlink(
     synced = _index(events, lambda e: e == ("fsync", "dir", _history_dir(configs_dir)))
     removed = _index(events, lambda e: e[0] == "unlink" and e[1].endswith(f"/{MAC}.json"))
     assert kept < synced < removed
+
+
+async def test_a_new_version_is_synced_before_the_put_answers(
+    client: Client, configs_dir: Path, events: list[Event]
+) -> None:
+    for name in ("first", "second"):
+        events.clear()
+        response = await client.put(f"/api/configs/{MAC}", json={"content": {"deviceName": name}})
+        assert response.status_code == 200
+    install = _index(events, lambda e: e[0] == "rename" and e[2].endswith(f"/{MAC}.json"))
+    linked = _index(events, lambda e: e[0] == "link" and e[1] == f"{MAC}.json")
+    shelf = _index(events, lambda e: e == ("fsync", "dir", _history_dir(configs_dir)))
+    configs = os.path.realpath(configs_dir)
+    synced = _index(events, lambda e: e == ("fsync", "dir", configs))
+    assert install < linked < shelf < synced  # the one it replaced was kept by the first PUT

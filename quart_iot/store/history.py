@@ -184,11 +184,17 @@ class History:
         if fd is not None and not os.path.samestat(kept, os.fstat(fd)):  # replaced meanwhile
             os.unlink(version.name, dir_fd=shelf.fd)
             return
-        os.fsync(shelf.fd)
+        if fd is None:  # a delete: durable before the unlink (a save syncs after the lock)
+            os.fsync(shelf.fd)
         shelf.add(version)
         if self._past_limit(shelf):
             with self._lock:
                 self.pending.add(mac)
+
+    def sync(self, mac: str) -> None:
+        """fsync the device's history directory (after a save, outside the lock)."""
+        with contextlib.suppress(FileNotFoundError), self._shelf_fd(mac, create=False) as fd:
+            os.fsync(fd)
 
     def _is_newest(self, shelf: Shelf, current: os.stat_result) -> bool:
         version = shelf.newest()
