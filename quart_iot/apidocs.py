@@ -11,7 +11,7 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.routing import BaseConverter
 
 from quart_iot.models import ErrorBody
-from quart_iot.store import MAC_PATTERN
+from quart_iot.store import MAC_PATTERN, VERSION_PATTERN
 
 DOCS_PATH = "/api/docs"
 ASSETS = {"swagger-ui-bundle.js", "swagger-ui.css"}
@@ -24,6 +24,14 @@ MAC_SCHEMA = {
     "examples": ["aa-bb-cc-dd-ee-ff"],
 }
 
+VERSION_SCHEMA = {
+    "type": "string",
+    "pattern": f"^{VERSION_PATTERN}$",
+    "minLength": 28,
+    "maxLength": 28,
+    "examples": ["1767225600000000000-0a1b2c3d"],
+}
+
 
 class _OpenAPIProvider(OpenAPIProvider):
     """Documents MAC path parameters, empty (204) responses, and response headers."""
@@ -32,6 +40,8 @@ class _OpenAPIProvider(OpenAPIProvider):
         parameter = super().build_path_parameter(name, converter)
         if name == "mac_address":
             parameter["schema"] = dict(MAC_SCHEMA)
+        if name == "version":
+            parameter["schema"] = dict(VERSION_SCHEMA)
         return parameter
 
     def build_request_body(

@@ -7,7 +7,7 @@ from quart_cors import cors
 
 from quart_iot.apidocs import ApiDocs
 from quart_iot.auth import AccessControl
-from quart_iot.blueprints import configs, health
+from quart_iot.blueprints import configs, health, history
 from quart_iot.correlation import HEADER, CorrelationIds
 from quart_iot.errors import register_error_handlers
 from quart_iot.hosts import AllowedHosts
@@ -45,11 +45,12 @@ def create_app(settings: Settings | None = None) -> Quart:
     Waiting(settings).init_app(app)
     register_error_handlers(app)
     app.register_blueprint(configs.blueprint)
+    app.register_blueprint(history.blueprint)
     app.register_blueprint(health.blueprint)
     return cors(
         app,
         allow_origin=settings.cors_origins,
-        allow_methods=["GET", "PUT", "DELETE"],
+        allow_methods=["GET", "PUT", "DELETE", "POST"],
         allow_headers=[
             "Authorization",
             "Content-Type",

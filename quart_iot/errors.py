@@ -63,6 +63,23 @@ class ConfigNotFound(ApiError):
         super().__init__(f"Config {mac} was not found")
 
 
+class InvalidVersion(ApiError):
+    status, code = 400, "INVALID_OPERATION"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Invalid version: expected the id of a version as the history lists it, like "
+            "1767225600000000000-0a1b2c3d"
+        )
+
+
+class VersionNotFound(ApiError):
+    status, code = 404, "RECORD_NOT_FOUND"
+
+    def __init__(self, mac: str, version: str) -> None:
+        super().__init__(f"Version {version} of config {mac} was not found")
+
+
 class ConfigExists(ApiError):
     status, code = 409, "RECORD_EXISTS"
 

@@ -13,9 +13,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from quart_iot import storagetime
 from quart_iot.errors import StorageUnavailable
 from quart_iot.procstats import read_process_stats
-from quart_iot.store import current_store
+from quart_iot.store import ConfigStore, current_store
 
-CONFIG_BLUEPRINT = "configs"
+CONFIG_BLUEPRINTS = frozenset({"configs", "history"})
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Every label has a fixed set of values: any other method a client invents is "other".
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -61,6 +61,21 @@ class Metrics:
             "1 when the configs directory can be used, else 0.",
             registry=r,
         )
+        self.history_versions = Gauge(
+            "iot_config_history_versions",
+            "Versions kept in the history, as of the last survey (every minute).",
+            registry=r,
+        )
+        self.history_bytes = Gauge(
+            "iot_config_history_bytes",
+            "Bytes of the distinct files the history keeps, as of the last survey.",
+            registry=r,
+        )
+        self.history_pruned = Counter(
+            "iot_config_history_pruned_total",
+            "Versions removed by retention in this process.",
+            registry=r,
+        )
         Gauge("iot_build_info", "Always 1; the version of quart_iot serving.", registry=r).set(
             {"version": version("quart-iot")}, 1
         )
@@ -86,7 +101,7 @@ class Metrics:
         status = str(response.status_code)
         self.http_requests.inc({"method": method, "route": route, "status": status})
         self.http_duration.observe({"method": method, "route": route}, elapsed)
-        if request.blueprint == CONFIG_BLUEPRINT and request.endpoint:
+        if request.blueprint in CONFIG_BLUEPRINTS and request.endpoint:
             operation = request.endpoint.rsplit(".", 1)[-1]
             outcome = str(g.get("error_code", "success")).lower()
             self.operations.inc({"operation": operation, "status": outcome})
@@ -107,9 +122,17 @@ class Metrics:
         else:
             self.files.set({}, count)
             self.storage_up.set({}, 1)
+        self._history(store)
         await self._process.update()
         body, headers = render(self.registry, request.headers.getlist("Accept"))
         return Response(body + b"\n", status=200, headers=headers)
+
+    def _history(self, store: ConfigStore) -> None:
+        history = store.history
+        if history.versions_kept is not None and history.bytes_used is not None:
+            self.history_versions.set({}, history.versions_kept)
+            self.history_bytes.set({}, history.bytes_used)
+        self.history_pruned.set({}, history.pruned)
 
 
 def route_label() -> str:

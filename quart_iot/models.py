@@ -1,5 +1,6 @@
 """Request and response models at the HTTP edge, each built in one place."""
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
@@ -85,3 +86,60 @@ class ConditionalHeaders(BaseModel):
 
     if_match: str | None = Field(default=None, alias="If-Match")
     if_none_match: str | None = Field(default=None, alias="If-None-Match")
+
+
+class HistoryVersion(ConfigSummary):
+    """One kept version of a device's document, with that version's summary fields."""
+
+    version: str = Field(examples=["1767225600000000000-0a1b2c3d"])
+    etag: str = Field(description="Strong ETag of that version (unquoted)")
+    saved_at: datetime = Field(description="When the version was kept (RFC 3339, UTC)")
+    size: int = Field(description="Bytes of the stored document")
+    change: Literal["created", "updated", "deleted"] = Field(
+        description="created/updated: the version a write made current; deleted: the document "
+        "a DELETE removed"
+    )
+    subject: str | None = Field(description="Who wrote it; always null in this version")
+
+
+class HistoryList(BaseModel):
+    """Every kept version of one device, newest first."""
+
+    mac_address: str
+    versions: list[HistoryVersion]
+    count: int
+
+
+class DeletedConfig(HistoryVersion):
+    """A device whose document is gone, and the last version its history keeps."""
+
+    deleted_at: datetime | None = Field(
+        description="When it was deleted (null: its file vanished outside the service)"
+    )
+
+
+class DeletedList(BaseModel):
+    """Devices whose document is gone but whose history remains, sorted by MAC address."""
+
+    configs: list[DeletedConfig]
+    count: int
+
+
+class PatchOperation(BaseModel):
+    """One RFC 6902 operation."""
+
+    op: Literal["add", "remove", "replace"]
+    path: str = Field(description="JSON Pointer (RFC 6901)")
+    value: Any = None
+
+
+class JsonPatch(RootModel[list[PatchOperation]]):
+    """An RFC 6902 JSON Patch: applied to the first version, it gives the second."""
+
+
+class DiffQuery(BaseModel):
+    """The version to compare with (default: the current document)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str | None = None

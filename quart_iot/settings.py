@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     # whatever a PUT was allowed to store can be read back.
     max_content_length: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     lock_timeout: float = Field(default=5.0, gt=0, le=60)
+    # Version history (quart_iot/store/history.py): 0 versions turns it off; days may be
+    # fractions.
+    history_max_versions: int = Field(default=50, ge=0, le=10_000)
+    history_max_days: float = Field(default=90.0, gt=0, le=36_500)
     host: str = "127.0.0.1"
     port: int = Field(default=3201, ge=0, le=65535)
     log_level: str = "INFO"

@@ -158,6 +158,36 @@ async def test_device_reads_only_its_own_document(server: Server, tokens: dict[s
     assert "secret" not in other.text
 
 
+async def test_history_reads_need_the_read_role_and_a_restore_the_write_role(
+    server: Server, tokens: dict[str, str]
+) -> None:
+    mac = "12-34-56-78-9a-bd"
+    for name in ("first", "second"):
+        body = {"content": {"deviceName": name}}
+        assert (
+            await call(server, "PUT", f"/api/configs/{mac}", tokens["writer"], json=body)
+        ).is_success
+    history = await call(server, "GET", f"/api/configs/{mac}/history", tokens["reader"])
+    assert history.status_code == 200
+    first = history.json()["versions"][-1]["version"]
+    version = f"/api/configs/{mac}/history/{first}"
+    for path in (version, f"{version}/diff", "/api/configs/deleted"):
+        assert (await call(server, "GET", path, tokens["reader"])).status_code == 200
+        assert_refused(await call(server, "GET", path), 401, "UNAUTHORIZED")
+    restore = f"{version}/restore"
+    assert_refused(await call(server, "POST", restore, tokens["reader"]), 403, "FORBIDDEN")
+    for device in ("device-a", "device-b"):
+        assert_refused(await call(server, "POST", restore, tokens[device]), 403, "FORBIDDEN")
+        refused = await call(server, "GET", f"/api/configs/{MAC}/history", tokens[device])
+        assert_refused(refused, 403, "FORBIDDEN")
+    restored = await call(server, "POST", restore, tokens["writer"])
+    assert restored.status_code == 200
+    assert restored.json()["device_name"] == "first"
+    audit = [line for line in server.stderr().splitlines() if f"audit: POST {mac} 200" in line]
+    assert len(audit) == 1
+    assert "sub=writer" in audit[0]
+
+
 async def test_a_token_without_a_role_is_forbidden(server: Server, tokens: dict[str, str]) -> None:
     response = await call(server, "GET", "/api/configs", tokens["norole"])
     body = assert_refused(response, 403, "FORBIDDEN")

@@ -98,3 +98,49 @@ async def test_delete_fsyncs_the_directory_after_unlink(
     removed = _index(events, lambda e: e == ("unlink", str(target), ""))
     directory = os.path.realpath(configs_dir)
     assert ("fsync", "dir", directory) in events[removed + 1 :]
+
+
+def _history_dir(configs_dir: Path) -> str:
+    return os.path.realpath(configs_dir / ".history" / MAC)
+
+
+async def test_a_replaced_document_is_kept_durably_before_the_rename(
+    client: Client, configs_dir: Path, events: list[Event]
+) -> None:
+    write_config(configs_dir, MAC, {"deviceName": "from before history"})
+    response = await client.put(f"/api/configs/{MAC}", json={"content": {"deviceName": "new"}})
+    assert response.status_code == 200
+    links = [i for i, e in enumerate(events) if e[0] == "link" and e[1] == f"{MAC}.json"]
+    assert len(links) == 2, events  # the old document before the rename, the new one after
+    kept, recorded = links
+    install = _index(events, lambda e: e[0] == "rename" and e[2].endswith(f"/{MAC}.json"))
+    shelf_syncs = [
+        i for i, e in enumerate(events) if e == ("fsync", "dir", _history_dir(configs_dir))
+    ]
+    assert kept < min(shelf_syncs) < install < recorded < max(shelf_syncs)
+
+
+async def test_a_deleted_document_is_kept_durably_before_the_unlink(
+    client: Client, configs_dir: Path, events: list[Event]
+) -> None:
+    write_config(configs_dir, MAC, {"deviceName": "old"})
+    assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204
+    kept = _index(events, lambda e: e[0] == "link" and e[1] == f"{MAC}.json")
+    synced = _index(events, lambda e: e == ("fsync", "dir", _history_dir(configs_dir)))
+    removed = _index(events, lambda e: e[0] == "unlink" and e[1].endswith(f"/{MAC}.json"))
+    assert kept < synced < removed
+
+
+async def test_a_new_version_is_synced_before_the_put_answers(
+    client: Client, configs_dir: Path, events: list[Event]
+) -> None:
+    for name in ("first", "second"):
+        events.clear()
+        response = await client.put(f"/api/configs/{MAC}", json={"content": {"deviceName": name}})
+        assert response.status_code == 200
+    install = _index(events, lambda e: e[0] == "rename" and e[2].endswith(f"/{MAC}.json"))
+    linked = _index(events, lambda e: e[0] == "link" and e[1] == f"{MAC}.json")
+    shelf = _index(events, lambda e: e == ("fsync", "dir", _history_dir(configs_dir)))
+    configs = os.path.realpath(configs_dir)
+    synced = _index(events, lambda e: e == ("fsync", "dir", configs))
+    assert install < linked < shelf < synced  # the one it replaced was kept by the first PUT

@@ -1,3 +1,4 @@
+import re
 from typing import Any
 
 from quart import Quart
@@ -21,7 +22,7 @@ async def test_openapi_is_3_1_and_lists_every_api_route(app: Quart, client: Clie
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith("/api/") or rule.rule.startswith("/api/docs"):
             continue
-        path = rule.rule.replace("<mac_address>", "{mac_address}")
+        path = re.sub(r"<(\w+)>", r"{\1}", rule.rule)
         for method in rule.methods or ():
             if method not in {"HEAD", "OPTIONS"}:
                 assert (path, method) in documented

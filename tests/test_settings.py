@@ -55,6 +55,8 @@ MALFORMED = {
     "MQTT_TOPIC": ["a/+/b", "a/#"],
     "MQTT_QUEUE_SIZE": ["0", "many"],
     "LOCK_TIMEOUT": ["0", "-1", "61", "forever"],
+    "HISTORY_MAX_VERSIONS": ["-1", "1.5", "many", "10001"],
+    "HISTORY_MAX_DAYS": ["0", "-1", "forever", "36501"],
     "OIDC_ISSUER": ["keycloak.local"],
     "OIDC_AUDIENCE": [""],  # with OIDC_ISSUER set (CONTEXT)
     "OIDC_ROLES_CLAIM": ["realm_access..roles"],

@@ -68,7 +68,9 @@ async def test_failed_rename_keeps_the_old_document_and_no_temp(
         await store.save(MAC, {"v": "new"})
     assert raised.value.reason == "the disk is full"
     assert json.loads((configs_dir / f"{MAC}.json").read_text()) == {"v": "old"}
-    assert {p.name for p in configs_dir.iterdir()} <= {f"{MAC}.json", ".quart_iot.lock"}
+    # The old document was kept in its history (.history) before the rename failed.
+    names = {f"{MAC}.json", ".quart_iot.lock", ".history"}
+    assert {p.name for p in configs_dir.iterdir()} <= names
 
 
 async def test_failed_write_of_the_temp_file_leaves_nothing(

@@ -5,6 +5,7 @@
 - `lock`: the write lock shared with every replica;
 - `index`: the validated cache behind the list, the ETags and the change notifications;
 - `writes`: the write path (conditions decided under the lock);
+- `history`: every version of every document, under `.history/<mac>/` (hard links);
 - `extension`: ConfigStore, the Quart extension with the async API the routes call.
 """
 
@@ -14,7 +15,8 @@ from quart_iot.store.extension import (
     current_store,
     stop_worker_threads,
 )
-from quart_iot.store.files import LOCK_NAME, STALE_TEMP_SECONDS
+from quart_iot.store.files import HISTORY_NAME, LOCK_NAME, STALE_TEMP_SECONDS
+from quart_iot.store.history import VERSION_PATTERN
 from quart_iot.store.records import (
     MAC_PATTERN,
     Precondition,
@@ -24,10 +26,12 @@ from quart_iot.store.records import (
 )
 
 __all__ = [
+    "HISTORY_NAME",
     "LOCK_NAME",
     "MAC_PATTERN",
     "STALE_TEMP_SECONDS",
     "SWEEP_INTERVAL",
+    "VERSION_PATTERN",
     "ConfigStore",
     "Precondition",
     "Signature",

@@ -12,18 +12,20 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import anyio.to_thread
 from quart import Quart, current_app
 
 from quart_iot.batches import BatchedThreads
 from quart_iot.documents import Document
-from quart_iot.errors import StorageUnavailable, WriteOutlived
+from quart_iot.errors import StorageUnavailable, WriteOutlived, WritesBlocked
 from quart_iot.models import StorageState
+from quart_iot.patch import Operation, make_patch
 from quart_iot.settings import Settings
 from quart_iot.storagetime import timed
 from quart_iot.store.files import Directory
+from quart_iot.store.history import History, check_version
 from quart_iot.store.index import Index
 from quart_iot.store.lock import WriteLock
 from quart_iot.store.outage import storage_errors
@@ -36,6 +38,9 @@ SWEEP_INTERVAL = 0.5
 TEMP_SWEEP_INTERVAL = 60.0
 DEFAULT_MAX_BYTES = 1024 * 1024  # MAX_CONTENT_LENGTH's default: the body and the file limit
 DEFAULT_LOCK_TIMEOUT = 5.0
+DEFAULT_HISTORY_VERSIONS = 50
+DEFAULT_HISTORY_DAYS = 90.0
+HISTORY_SURVEY_INTERVAL = 60.0  # retention by age of devices nobody writes; the gauges
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -63,13 +68,16 @@ class ConfigStore:
         *,
         max_document_bytes: int = DEFAULT_MAX_BYTES,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        history_max_versions: int = DEFAULT_HISTORY_VERSIONS,
+        history_max_days: float = DEFAULT_HISTORY_DAYS,
     ) -> None:
         # One limit for what a PUT may store and what a read accepts: what we accept we can
         # read back (both come from MAX_CONTENT_LENGTH).
         self.directory = Directory(directory, max_document_bytes)
         self.lock = WriteLock(self.directory, lock_timeout)
         self.index = Index(self.directory, self._changed)
-        self.writer = Writer(self.directory, self.lock, self.index)
+        self.history = History(self.directory, history_max_versions, history_max_days)
+        self.writer = Writer(self.directory, self.lock, self.index, self.history)
         # Called (on the event loop, must not block) after each save of this process that
         # became visible.
         self.saved_listeners: list[Callable[[StoredConfig], None]] = []
@@ -87,6 +95,8 @@ class ConfigStore:
             settings.esp32_configs_dir,
             max_document_bytes=settings.max_content_length,  # a body's limit is a file's too
             lock_timeout=settings.lock_timeout,
+            history_max_versions=settings.history_max_versions,
+            history_max_days=settings.history_max_days,
         )
 
     def init_app(self, app: Quart) -> None:
@@ -136,6 +146,40 @@ class ConfigStore:
         deadline = time.monotonic() + self.lock.timeout
         write = partial(self.writer.delete, mac, precondition or Precondition(), deadline)
         await self._written(_writes.submit(timed(write)))
+
+    # -- history ---------------------------------------------------------------------------
+
+    async def versions_json(self, mac: str) -> bytes:
+        """The history body of one device: every kept version, newest first."""
+        mac = canonical_mac(mac)
+        return await self._read(self._history_read, self.history.listing, mac)
+
+    async def version(self, mac: str, version: str) -> StoredConfig:
+        """One kept version of one device."""
+        mac, version = canonical_mac(mac), check_version(version)
+        _, stored = await self._read(self._history_read, self.history.read, mac, version)
+        return stored
+
+    async def diff(self, mac: str, version: str, to: str | None = None) -> list[Operation]:
+        """RFC 6902 JSON Patch from a version to the current document (or to version `to`)."""
+        source = await self.version(mac, version)
+        target = await (self.version(mac, to) if to is not None else self.get(mac))
+        return make_patch(source.content, target.content)
+
+    async def restore(
+        self, mac: str, version: str, precondition: Precondition | None = None
+    ) -> StoredConfig:
+        """Make a kept version current through the normal write path."""
+        stored = await self.version(mac, version)
+        return await self.save(mac, stored.content, precondition)
+
+    async def deleted(self) -> list[dict[str, Any]]:
+        """Devices whose document is gone but whose history remains."""
+        return await self._run(self._history_read, self.history.deleted)
+
+    def _history_read(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        with storage_errors("read of the history", self.index.outage):
+            return func(*args, **kwargs)
 
     async def health(self) -> tuple[StorageState, str | None]:
         """(the storage state, the reason when it is unavailable)."""
@@ -198,10 +242,18 @@ class ConfigStore:
 
     async def _sweep_forever(self) -> None:
         temps_swept = time.monotonic()
+        surveyed = -float("inf")  # the first sweep surveys the history
+        # Often enough that a version past its days goes within half of them (tests use
+        # seconds).
+        survey_every = min(HISTORY_SURVEY_INTERVAL, self.history.max_age_ns / 2e9)
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 await self._run(self.index.sweep)
+                if time.monotonic() - surveyed >= survey_every:
+                    surveyed = time.monotonic()
+                    self.history.pending.update(await self._run(self.history.survey))
+                await self._run(self._prune)
                 # Crashed replicas' temp files too: in Kubernetes no pod restarts with their
                 # host name, so waiting for "our" next start would keep them forever.
                 if time.monotonic() - temps_swept >= TEMP_SWEEP_INTERVAL:
@@ -213,6 +265,20 @@ class ConfigStore:
                 log.exception("sweep of the configs directory failed")
 
     # -- blocking, in worker threads ---------------------------------------------------------
+
+    def _prune(self) -> None:
+        """Retention for the devices that need it, each under the write lock."""
+        if not self.history.enabled:
+            return
+        for mac in self.history.take_pending():
+            now = time.time_ns()
+            prune = partial(self.history.prune, mac, now)
+            try:
+                with storage_errors("retention of the history", self.writer.outage):
+                    if self.history.doomed(mac, now):  # the lock only when there is work
+                        self.lock.exclusively(time.monotonic() + 1.0, _nothing, prune)
+            except WritesBlocked:
+                self.history.pending.add(mac)  # the next sweep tries again
 
     def _remove_stale_temps(self) -> None:
         with storage_errors("clean-up of temp files", self.writer.outage):
@@ -234,6 +300,10 @@ class ConfigStore:
         if not os.access(self.directory.path, os.W_OK):
             return "read-only", None
         return ("writes-blocked" if self.lock.still_blocked() else "read-write"), None
+
+
+def _nothing() -> None:
+    """No condition to check."""
 
 
 def current_store() -> ConfigStore:

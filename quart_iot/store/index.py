@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 from quart_iot.documents import InvalidJson, etag_of, parse_document
 from quart_iot.errors import ConfigNotFound, ConfigUnreadable, StorageUnavailable
-from quart_iot.store.files import CONFIG_NAME, LOCK_NAME, TEMP_NAME, Directory, Unusable
+from quart_iot.store.files import (
+    CONFIG_NAME,
+    HISTORY_NAME,
+    LOCK_NAME,
+    TEMP_NAME,
+    Directory,
+    Unusable,
+)
 from quart_iot.store.outage import Outage, storage_errors
 from quart_iot.store.records import Signature, StoredConfig, summary_json
 
@@ -128,7 +135,9 @@ class Index:
                         if self._stale(item.name, item.stat(follow_symlinks=False)):
                             stale.append(item.name)
                         seen.add(item.name)
-                elif item.name != LOCK_NAME and not TEMP_NAME.fullmatch(item.name):
+                elif item.name not in (LOCK_NAME, HISTORY_NAME) and not TEMP_NAME.fullmatch(
+                    item.name
+                ):
                     ignored[item.name] = item.inode()
         return seen, stale, ignored
 

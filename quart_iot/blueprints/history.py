@@ -1,0 +1,95 @@
+"""The history routes: every kept version of a device, one version, a diff, a restore, and
+the deleted devices."""
+
+import json
+from typing import Any
+
+from quart import Blueprint, Response, request
+from quart_schema import document_headers, document_response, tag_blueprint, validate_querystring
+from werkzeug.exceptions import MethodNotAllowed
+
+from quart_iot.apidocs import document_errors
+from quart_iot.blueprints.configs import detail_response, precondition
+from quart_iot.models import (
+    ConditionalHeaders,
+    ConfigDetail,
+    DeletedList,
+    DiffQuery,
+    ETagHeader,
+    HistoryList,
+    JsonPatch,
+)
+from quart_iot.store import current_store
+
+blueprint = Blueprint("history", __name__)
+tag_blueprint(blueprint, ["history"])
+
+VERSION = "/api/configs/<mac_address>/history/<version>"
+DELETED = "/api/configs/deleted"
+READ_ONLY = ["GET", "HEAD", "OPTIONS"]
+
+
+@blueprint.before_app_request
+async def deleted_is_read_only() -> None:
+    """PUT or DELETE on /api/configs/deleted is 405 (Werkzeug would hand it to `<mac>`)."""
+    if request.path == DELETED and request.endpoint != "history.list_deleted":
+        raise MethodNotAllowed(valid_methods=READ_ONLY)
+
+
+@blueprint.after_app_request
+async def deleted_allow(response: Response) -> Response:
+    """OPTIONS on /api/configs/deleted lists only what it answers."""
+    if request.method == "OPTIONS" and request.path == DELETED:
+        response.headers["Allow"] = ", ".join(READ_ONLY)
+    return response
+
+
+@blueprint.get(DELETED)
+@document_response(DeletedList)
+@document_errors(503)
+async def list_deleted() -> Response:
+    """Devices whose document was deleted but whose history remains, sorted by MAC address."""
+    configs = await current_store().deleted()
+    return json_response({"configs": configs, "count": len(configs)})
+
+
+@blueprint.get("/api/configs/<mac_address>/history")
+@document_response(HistoryList)
+@document_errors(400, 404, 422, 503)
+async def list_versions(mac_address: str) -> Response:
+    """Every kept version of one device, newest first (also after it was deleted)."""
+    body = await current_store().versions_json(mac_address)
+    return Response(body, content_type="application/json")
+
+
+@blueprint.get(VERSION)
+@document_response(ConfigDetail, headers_model_class=ETagHeader)
+@document_errors(400, 404, 422, 503)
+async def get_version(mac_address: str, version: str) -> Response:
+    """One kept version, as a Detail with its ETag."""
+    return detail_response(await current_store().version(mac_address, version))
+
+
+@blueprint.get(f"{VERSION}/diff")
+@validate_querystring(DiffQuery)
+@document_response(JsonPatch)
+@document_errors(400, 404, 422, 503)
+async def diff_version(mac_address: str, version: str, query_args: DiffQuery) -> Response:
+    """RFC 6902 JSON Patch from this version to the current document (or to `?to=`)."""
+    patch = await current_store().diff(mac_address, version, query_args.to)
+    return json_response(patch)
+
+
+@blueprint.post(f"{VERSION}/restore")
+@document_response(ConfigDetail, headers_model_class=ETagHeader)
+@document_headers(ConditionalHeaders)
+@document_errors(400, 404, 412, 413, 422, 503)
+async def restore_version(mac_address: str, version: str) -> Response:
+    """Make this version current through the normal write path (If-Match honoured)."""
+    stored = await current_store().restore(mac_address, version, precondition())
+    return detail_response(stored)
+
+
+def json_response(body: Any) -> Response:
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return Response(data, content_type="application/json")

@@ -1,0 +1,304 @@
+import asyncio
+import copy
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart import Quart
+
+from quart_iot.app import create_app
+from quart_iot.patch import make_patch
+from quart_iot.settings import Settings
+from tests.conftest import MAC, OTHER_MAC, Client, write_config
+
+HISTORY = f"/api/configs/{MAC}/history"
+NEVER = "1767225600000000000-0a1b2c3d"
+
+
+def app_with(configs_dir: Path, **settings: Any) -> Quart:
+    return create_app(Settings(esp32_configs_dir=configs_dir, _env_file=None, **settings))
+
+
+@pytest.fixture
+async def small_app(configs_dir: Path) -> AsyncIterator[Quart]:
+    # Three versions, two seconds: retention shows within a test.
+    app = app_with(configs_dir, history_max_versions=3, history_max_days=2 / 86400)
+    async with app.test_app():
+        yield app
+
+
+async def put(client: Client, content: dict[str, Any], mac: str = MAC) -> str:
+    response = await client.put(f"/api/configs/{mac}", json={"content": content})
+    assert response.status_code == 200, await response.get_data()
+    return str(response.headers["ETag"]).strip('"')
+
+
+async def versions(client: Client, mac: str = MAC) -> list[dict[str, Any]]:
+    response = await client.get(f"/api/configs/{mac}/history")
+    assert response.status_code == 200, await response.get_data()
+    body = await response.get_json()
+    assert body["mac_address"] == mac
+    assert body["count"] == len(body["versions"])
+    return list(body["versions"])
+
+
+async def error_code(response: Any) -> tuple[int, str]:
+    return response.status_code, (await response.get_json())["code"]
+
+
+def apply_patch(document: Any, patch: list[dict[str, Any]]) -> Any:
+    """RFC 6902 add/remove/replace, enough to check a diff."""
+    document = copy.deepcopy(document)
+    for operation in patch:
+        *parents, last = [
+            part.replace("~1", "/").replace("~0", "~") for part in operation["path"].split("/")[1:]
+        ] or [None]
+        if last is None:
+            document = operation["value"]
+            continue
+        target = document
+        for part in parents:
+            target = target[int(part) if isinstance(target, list) else part]
+        key = int(last) if isinstance(target, list) else last
+        if operation["op"] == "remove":
+            del target[key]
+        else:
+            target[key] = operation["value"]
+    return document
+
+
+async def test_versions_after_puts_and_a_delete(client: Client) -> None:
+    etags = [await put(client, {"deviceName": f"n{i}", "i": i}) for i in range(3)]
+    assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204
+    listed = await versions(client)
+    assert [v["change"] for v in listed] == ["deleted", "updated", "updated", "created"]
+    assert [v["etag"] for v in listed] == [etags[2], *reversed(etags)]
+    assert [v["device_name"] for v in listed] == ["n2", "n2", "n1", "n0"]
+    assert listed == sorted(listed, key=lambda v: v["version"], reverse=True)
+    assert all(v["saved_at"].endswith("Z") and v["size"] > 0 for v in listed)
+    assert all(v["subject"] is None and v["mac_address"] == MAC for v in listed)
+    first = await client.get(f"{HISTORY}/{listed[-1]['version']}")
+    assert first.status_code == 200
+    assert (await first.get_json())["content"] == {"deviceName": "n0", "i": 0}
+    assert first.headers["ETag"] == f'"{etags[0]}"'
+
+
+async def test_a_deleted_device_is_listed_and_restored(client: Client) -> None:
+    await put(client, {"deviceName": "keep"})
+    await put(client, {"deviceName": "other"}, OTHER_MAC)
+    assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204
+    deleted = await (await client.get("/api/configs/deleted")).get_json()
+    assert deleted["count"] == 1
+    (item,) = deleted["configs"]
+    assert item["mac_address"] == MAC
+    assert item["device_name"] == "keep"
+    assert item["deleted_at"] == item["saved_at"]
+    restored = await client.post(f"{HISTORY}/{item['version']}/restore")
+    assert restored.status_code == 200
+    assert (await restored.get_json())["content"] == {"deviceName": "keep"}
+    assert (await client.get(f"/api/configs/{MAC}")).status_code == 200
+    assert (await (await client.get("/api/configs/deleted")).get_json())["count"] == 0
+    assert [v["change"] for v in await versions(client)] == ["created", "deleted", "created"]
+
+
+async def test_diff_to_the_current_document_and_to_another_version(client: Client) -> None:
+    old = {"deviceName": "a", "wifi": {"ssid": "x", "a/b~c": 1}, "list": [1, 2], "gone": True}
+    new = {"deviceName": "b", "wifi": {"ssid": "x", "a/b~c": 2}, "list": [1, 2, 3], "added": 0}
+    await put(client, old)
+    await put(client, {"deviceName": "middle"})
+    await put(client, new)
+    first, middle = (await versions(client))[:-3:-1]
+    patch = await (await client.get(f"{HISTORY}/{first['version']}/diff")).get_json()
+    assert apply_patch(old, patch) == new
+    assert {"op": "replace", "path": "/wifi/a~1b~0c", "value": 2} in patch
+    assert {"op": "remove", "path": "/gone"} in patch
+    to = f"{HISTORY}/{first['version']}/diff?to={middle['version']}"
+    assert apply_patch(old, await (await client.get(to)).get_json()) == {"deviceName": "middle"}
+    same = await client.get(f"{HISTORY}/{first['version']}/diff?to={first['version']}")
+    assert await same.get_json() == []
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ({"a": 1}, {"a": 1.0}),
+        ({"a": True}, {"a": 1}),
+        ({"a": [1, {"b": None}]}, {"a": [1, {"b": False}]}),
+        ({"a": {"b": 1}}, {"a": [1]}),
+        ({}, {"": {"~": "/"}}),
+    ],
+)
+def test_patches_turn_the_source_into_the_target(source: Any, target: Any) -> None:
+    patched = apply_patch(source, make_patch(source, target))
+    assert json.dumps(patched) == json.dumps(target)
+
+
+async def test_restore_honours_if_match(client: Client) -> None:
+    old_etag = await put(client, {"deviceName": "old"})
+    current = await put(client, {"deviceName": "new"})
+    old = (await versions(client))[-1]["version"]
+    stale = await client.post(f"{HISTORY}/{old}/restore", headers={"If-Match": f'"{old_etag}"'})
+    assert await error_code(stale) == (412, "PRECONDITION_FAILED")
+    assert len(await versions(client)) == 2
+    fresh = await client.post(f"{HISTORY}/{old}/restore", headers={"If-Match": f'"{current}"'})
+    assert fresh.status_code == 200
+    assert fresh.headers["ETag"] == f'"{old_etag}"'
+    assert (await versions(client))[0]["change"] == "updated"
+
+
+@pytest.mark.parametrize(
+    ("version", "status"),
+    [
+        ("..", 400),
+        ("%2e%2e", 400),
+        ("%2e%2e%2f%2e%2e%2fetc%2fpasswd", 400),
+        ("1767225600000000000-0a1b2c3d%00", 400),
+        ("1767225600000000000-0a1b2c3d.json", 400),
+        ("1767225600000000000-0A1B2C3D", 400),
+        ("1" * 5000, 400),
+        (" 1767225600000000000-0a1b2c3d", 400),
+        ("1767225600000000000-0a1b2c3d\n", 400),
+        (NEVER, 404),
+    ],
+)
+async def test_hostile_versions_are_refused(client: Client, version: str, status: int) -> None:
+    await put(client, {"deviceName": "a"})
+    for suffix in ("", "/diff"):
+        response = await client.get(f"{HISTORY}/{version}{suffix}")
+        assert response.status_code == status, await response.get_data()
+    restore = await client.post(f"{HISTORY}/{version}/restore")
+    assert restore.status_code in (status, 405)
+    diff_to = await client.get(f"{HISTORY}/{(await versions(client))[0]['version']}/diff?to=..")
+    assert await error_code(diff_to) == (400, "INVALID_OPERATION")
+
+
+async def test_history_of_a_mac_that_never_had_a_document_is_404(client: Client) -> None:
+    assert await error_code(await client.get(HISTORY)) == (404, "RECORD_NOT_FOUND")
+    assert await error_code(await client.get(f"{HISTORY}/{NEVER}")) == (404, "RECORD_NOT_FOUND")
+    bad = await client.get("/api/configs/aa-bb/history")
+    assert await error_code(bad) == (400, "INVALID_OPERATION")
+
+
+async def test_a_document_edited_outside_is_kept_when_a_put_replaces_it(
+    client: Client, configs_dir: Path
+) -> None:
+    write_config(configs_dir, MAC, {"deviceName": "from before history"})
+    assert await versions(client) == []
+    await put(client, {"deviceName": "ours"})
+    (configs_dir / f"{MAC}.json").unlink()
+    write_config(configs_dir, MAC, {"deviceName": "edited outside"})
+    await put(client, {"deviceName": "ours again"})
+    names = [v["device_name"] for v in await versions(client)]
+    assert names == ["ours again", "edited outside", "ours", "from before history"]
+
+
+async def test_the_list_is_unchanged_and_the_history_area_is_not_an_odd_entry(
+    client: Client, configs_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await put(client, {"deviceName": "a"})
+    await put(client, {"deviceName": "b"})
+    assert (configs_dir / ".history").is_dir()
+    with caplog.at_level(logging.WARNING):
+        listing = await (await client.get("/api/configs")).get_json()
+    assert listing == {
+        "configs": [
+            {"mac_address": MAC, "device_name": "b", "device_entity_id": None, "enable_ota": None}
+        ],
+        "count": 1,
+    }
+    assert "history" not in caplog.text
+
+
+async def test_retention_by_count(small_app: Quart) -> None:
+    client = small_app.test_client()
+    for i in range(6):
+        await put(client, {"i": i})
+    await _until(lambda kept: len(kept) == 3, client)
+    assert (await versions(client))[0]["etag"] == await _etag(client)
+    metrics = await (await client.get("/metrics")).get_data(as_text=True)
+    assert "iot_config_history_pruned_total 3" in metrics
+
+
+async def test_retention_by_age_keeps_the_newest_version_of_a_live_device(
+    small_app: Quart,
+) -> None:
+    client = small_app.test_client()
+    for i in range(2):
+        await put(client, {"i": i})
+    await asyncio.sleep(2.2)
+    await _until(lambda kept: len(kept) == 1, client)
+    assert (await versions(client))[0]["etag"] == await _etag(client)
+
+
+async def test_retention_by_age_ends_the_history_of_a_deleted_device(small_app: Quart) -> None:
+    client = small_app.test_client()
+    await put(client, {"i": 0})
+    assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204
+    assert len(await versions(client)) == 2
+    for _ in range(100):
+        if (await client.get(HISTORY)).status_code == 404:
+            break
+        await asyncio.sleep(0.1)
+    assert await error_code(await client.get(HISTORY)) == (404, "RECORD_NOT_FOUND")
+    assert (await (await client.get("/api/configs/deleted")).get_json())["count"] == 0
+
+
+async def test_history_off_keeps_nothing(configs_dir: Path) -> None:
+    app = app_with(configs_dir, history_max_versions=0)
+    async with app.test_app():
+        client = app.test_client()
+        await put(client, {"i": 0})
+        await put(client, {"i": 1})
+        assert await versions(client) == []
+    assert not (configs_dir / ".history").exists()
+
+
+async def test_history_metrics(client: Client, configs_dir: Path) -> None:
+    await put(client, {"deviceName": "a"})
+    await put(client, {"deviceName": "b"})
+    assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204  # links "b" again
+    await asyncio.sleep(1.2)  # the first sweep surveys the history
+    metrics = await (await client.get("/metrics")).get_data(as_text=True)
+    assert "iot_config_history_versions 3" in metrics
+    size = len(b'{"deviceName":"a"}\n')
+    assert f"iot_config_history_bytes {2 * size}" in metrics
+
+
+async def _etag(client: Client) -> str:
+    return str((await client.get(f"/api/configs/{MAC}")).headers["ETag"]).strip('"')
+
+
+async def _until(done: Any, client: Client) -> None:
+    for _ in range(100):
+        if done(await versions(client)):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(await versions(client))
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "POST", "PATCH"])
+async def test_the_deleted_list_is_read_only(client: Client, method: str) -> None:
+    response = await client.open("/api/configs/deleted", method=method, json={"content": {}})
+    assert await error_code(response) == (405, "METHOD_NOT_ALLOWED")
+    assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+    options = await client.options("/api/configs/deleted")
+    assert options.headers["Allow"] == "GET, HEAD, OPTIONS"
+
+
+async def test_the_history_list_sees_a_change_after_it_was_cached(
+    client: Client, configs_dir: Path
+) -> None:
+    await put(client, {"deviceName": "a"})
+    await put(client, {"deviceName": "b"})
+    await asyncio.sleep(2.1)  # past the timestamp tick: the listing is cached from now on
+    assert [v["device_name"] for v in await versions(client)] == ["b", "a"]
+    assert [v["device_name"] for v in await versions(client)] == ["b", "a"]
+    current = configs_dir / f"{MAC}.json"
+    with current.open("r+b") as file:  # in place: the newest version is this very file
+        file.write(b'{"deviceName":"c"}\n')
+    assert [v["device_name"] for v in await versions(client)] == ["c", "a"]
+    await put(client, {"deviceName": "d"})
+    assert [v["device_name"] for v in await versions(client)] == ["d", "c", "a"]
