@@ -10,7 +10,7 @@ from quart_schema.openapi import OpenAPIProvider
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.routing import BaseConverter
 
-from quart_iot.models import ErrorBody
+from quart_iot.models import ErrorBody, EventStream
 from quart_iot.store import MAC_PATTERN, VERSION_PATTERN
 
 DOCS_PATH = "/api/docs"
@@ -55,6 +55,9 @@ class _OpenAPIProvider(OpenAPIProvider):
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         if model is None:
             return {"description": "No content"}, {}
+        if model is EventStream:  # not JSON: the stream's media type, a text body
+            content = {"text/event-stream": {"schema": {"type": "string"}}}
+            return {"description": EventStream.__doc__, "content": content}, {}
         response, components = super().build_response_object(model, None)
         if headers_model is not None:
             properties = headers_model.model_json_schema(by_alias=True)["properties"]

@@ -69,6 +69,10 @@ class ErrorBody(BaseModel):
     status: int = Field(description="The HTTP status of the response, as in RFC 9457")
 
 
+class EventStream(RootModel[str]):
+    """Server-sent events (`text/event-stream`): `saved`, `deleted`, `reset`, keep-alives."""
+
+
 class DeviceDocument(RootModel[dict[str, Any]]):
     """The stored document, byte for byte as saved."""
 

@@ -280,11 +280,14 @@ async def _until(done: Any, client: Client) -> None:
 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "POST", "PATCH"])
-async def test_the_deleted_list_is_read_only(client: Client, method: str) -> None:
-    response = await client.open("/api/configs/deleted", method=method, json={"content": {}})
+@pytest.mark.parametrize("path", ["/api/configs/deleted", "/api/configs/events"])
+async def test_the_deleted_list_and_the_event_stream_are_read_only(
+    client: Client, method: str, path: str
+) -> None:
+    response = await client.open(path, method=method, json={"content": {}})
     assert await error_code(response) == (405, "METHOD_NOT_ALLOWED")
     assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
-    options = await client.options("/api/configs/deleted")
+    options = await client.options(path)
     assert options.headers["Allow"] == "GET, HEAD, OPTIONS"
 
 

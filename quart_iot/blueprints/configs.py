@@ -18,6 +18,7 @@ from quart_iot.models import (
     ConfigSave,
     DeviceDocument,
     ETagHeader,
+    EventStream,
 )
 from quart_iot.store import Precondition, StoredConfig, current_store
 from quart_iot.waiting import current_waiting, event_stream_response
@@ -25,22 +26,29 @@ from quart_iot.waiting import current_waiting, event_stream_response
 blueprint = Blueprint("configs", __name__)
 tag_blueprint(blueprint, ["configs"])
 
-DEVICE_METHODS = ["GET", "HEAD", "OPTIONS"]
+READ_ONLY = ["GET", "HEAD", "OPTIONS"]
+READ_ONLY_PATHS = {"/api/configs/events", "/api/configs/deleted"}
 
 
-@blueprint.before_request
-async def device_document_is_read_only() -> None:
-    """PUT or DELETE on `<mac>.json` is 405 (the `<mac>` routes would call it a bad MAC)."""
-    mac = (request.view_args or {}).get("mac_address", "")
-    if mac.endswith(".json") and request.method not in DEVICE_METHODS:
-        raise MethodNotAllowed(valid_methods=DEVICE_METHODS)
+def is_read_only(path: str) -> bool:
+    """`<mac>.json`, the event stream, the deleted list: paths that the `<mac_address>`
+    routes match too, for the methods these do not answer."""
+    device = path.startswith("/api/configs/") and path.endswith(".json") and path.count("/") == 3
+    return device or path in READ_ONLY_PATHS
 
 
-@blueprint.after_request
-async def device_document_allow(response: Response) -> Response:
-    """OPTIONS on `<mac>.json` lists only what the device endpoint answers."""
-    if request.method == "OPTIONS" and request.endpoint == "configs.get_device_config":
-        response.headers["Allow"] = ", ".join(DEVICE_METHODS)
+@blueprint.before_app_request
+async def read_only_resources() -> None:
+    """PUT, DELETE or POST on a read-only resource is 405, not a bad MAC (or a 415)."""
+    if request.method not in READ_ONLY and is_read_only(request.path):
+        raise MethodNotAllowed(valid_methods=READ_ONLY)
+
+
+@blueprint.after_app_request
+async def read_only_allow(response: Response) -> Response:
+    """OPTIONS on a read-only resource lists only what it answers."""
+    if request.method == "OPTIONS" and is_read_only(request.path):
+        response.headers["Allow"] = ", ".join(READ_ONLY)
     return response
 
 
@@ -61,6 +69,7 @@ async def get_config(mac_address: str) -> Response:
 
 
 @blueprint.get("/api/configs/events")
+@document_response(EventStream)
 @document_errors(503)
 async def config_events() -> Response:
     """Server-sent events: `saved`/`deleted` per change, `reset` when Last-Event-ID is too old."""

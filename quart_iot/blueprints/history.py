@@ -4,9 +4,8 @@ the deleted devices."""
 import json
 from typing import Any
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 from quart_schema import document_headers, document_response, tag_blueprint, validate_querystring
-from werkzeug.exceptions import MethodNotAllowed
 
 from quart_iot.apidocs import document_errors
 from quart_iot.blueprints.configs import detail_response, precondition
@@ -26,22 +25,6 @@ tag_blueprint(blueprint, ["history"])
 
 VERSION = "/api/configs/<mac_address>/history/<version>"
 DELETED = "/api/configs/deleted"
-READ_ONLY = ["GET", "HEAD", "OPTIONS"]
-
-
-@blueprint.before_app_request
-async def deleted_is_read_only() -> None:
-    """PUT or DELETE on /api/configs/deleted is 405 (Werkzeug would hand it to `<mac>`)."""
-    if request.path == DELETED and request.endpoint != "history.list_deleted":
-        raise MethodNotAllowed(valid_methods=READ_ONLY)
-
-
-@blueprint.after_app_request
-async def deleted_allow(response: Response) -> Response:
-    """OPTIONS on /api/configs/deleted lists only what it answers."""
-    if request.method == "OPTIONS" and request.path == DELETED:
-        response.headers["Allow"] = ", ".join(READ_ONLY)
-    return response
 
 
 @blueprint.get(DELETED)
