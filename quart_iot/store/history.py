@@ -185,7 +185,11 @@ class History:
             os.unlink(version.name, dir_fd=shelf.fd)
             return
         if fd is None:  # a delete: durable before the unlink (a save syncs after the lock)
-            os.fsync(shelf.fd)
+            try:
+                os.fsync(shelf.fd)
+            except OSError:
+                os.unlink(version.name, dir_fd=shelf.fd)  # the delete will not happen
+                raise
         shelf.add(version)
         if self._past_limit(shelf):
             with self._lock:
