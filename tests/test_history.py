@@ -1,7 +1,10 @@
 import asyncio
 import copy
+import errno
 import json
 import logging
+import os
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -305,3 +308,25 @@ async def test_the_history_list_sees_a_change_after_it_was_cached(
     assert [v["device_name"] for v in await versions(client)] == ["c", "a"]
     await put(client, {"deviceName": "d"})
     assert [v["device_name"] for v in await versions(client)] == ["d", "c", "a"]
+
+
+async def test_a_failed_directory_fsync_never_drops_a_document_unkept(
+    client: Client, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put(client, {"v": "old"})
+    real_fsync = os.fsync
+
+    def failing_dir_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_dir_fsync)
+    saved = await client.put(f"/api/configs/{MAC}", json={"content": {"v": "new"}})
+    assert await error_code(saved) == (503, "WRITE_NOT_CONFIRMED")  # visible, not confirmed
+    deleted = await client.delete(f"/api/configs/{MAC}")
+    # Its deleted version could not be made durable: nothing was removed.
+    assert await error_code(deleted) == (503, "STORAGE_UNAVAILABLE")
+    monkeypatch.undo()
+    assert (await (await client.get(f"/api/configs/{MAC}")).get_json())["content"] == {"v": "new"}
+    assert [v["change"] for v in await versions(client)][:2] == ["updated", "created"]

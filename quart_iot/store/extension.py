@@ -232,6 +232,7 @@ class ConfigStore:
         self._loop = asyncio.get_running_loop()
         with contextlib.suppress(StorageUnavailable):  # logged; health reports it
             await self._run(self._remove_stale_temps)
+            await self._run(self._survey)  # the history gauges exist from the first scrape
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def _stop(self) -> None:
@@ -252,7 +253,7 @@ class ConfigStore:
                 await self._run(self.index.sweep)
                 if time.monotonic() - surveyed >= survey_every:
                     surveyed = time.monotonic()
-                    self.history.pending.update(await self._run(self.history.survey))
+                    await self._run(self._survey)
                 await self._run(self._prune)
                 # Crashed replicas' temp files too: in Kubernetes no pod restarts with their
                 # host name, so waiting for "our" next start would keep them forever.
@@ -265,6 +266,10 @@ class ConfigStore:
                 log.exception("sweep of the configs directory failed")
 
     # -- blocking, in worker threads ---------------------------------------------------------
+
+    def _survey(self) -> None:
+        with storage_errors("survey of the history", self.index.outage):
+            self.history.pending.update(self.history.survey())
 
     def _prune(self) -> None:
         """Retention for the devices that need it, each under the write lock."""

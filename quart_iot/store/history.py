@@ -77,8 +77,9 @@ def check_version(raw: str) -> str:
 class Shelf:
     """One device's history directory as it was found (under the lock, for a write)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, top: int = -1) -> None:
         self.fd = fd
+        self.top = top  # the configs directory (open while a write holds the shelf)
         # Names sort in time order (fixed-length ids first); parsed only where needed, since
         # a write needs just the newest and the oldest.
         self.names = sorted(name for name in os.listdir(fd) if name.endswith(".json"))
@@ -131,17 +132,21 @@ class History:
     @contextlib.contextmanager
     def shelf(self, mac: str, create: bool = True) -> Iterator[Shelf]:
         """The device's history directory, made (durably) when it is the first version."""
-        with self._shelf_fd(mac, create) as fd:
-            yield Shelf(fd)
+        with self.directory.opened() as top, self._opened(top, mac, create) as fd:
+            yield Shelf(fd, top)
 
     @contextlib.contextmanager
     def _shelf_fd(self, mac: str, create: bool) -> Iterator[int]:
-        with self.directory.opened() as top:
-            root = _open_dir(HISTORY_NAME, top, create)
-            try:
-                fd = _open_dir(mac, root, create)
-            finally:
-                os.close(root)
+        with self.directory.opened() as top, self._opened(top, mac, create) as fd:
+            yield fd
+
+    @contextlib.contextmanager
+    def _opened(self, top: int, mac: str, create: bool) -> Iterator[int]:
+        root = _open_dir(HISTORY_NAME, top, create)
+        try:
+            fd = _open_dir(mac, root, create)
+        finally:
+            os.close(root)
         try:
             yield fd
         finally:
@@ -149,22 +154,14 @@ class History:
 
     def keep_current(self, shelf: Shelf, mac: str) -> bool:
         """Link the current file unless it is the newest version already; whether it existed."""
-        with self.directory.opened() as top:
-            try:
-                current = os.stat(f"{mac}.json", dir_fd=top, follow_symlinks=False)
-            except FileNotFoundError:
-                return False
-            if not stat.S_ISREG(current.st_mode) or self._is_newest(shelf, current):
-                return True
-            change = "updated" if shelf.newest() else "created"
-            version = Version(shelf.new_id(), change)
-            os.link(
-                f"{mac}.json",
-                version.name,
-                src_dir_fd=top,
-                dst_dir_fd=shelf.fd,
-                follow_symlinks=False,
-            )
+        try:
+            current = os.stat(f"{mac}.json", dir_fd=shelf.top, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(current.st_mode) or self._is_newest(shelf, current):
+            return True
+        version = Version(shelf.new_id(), "updated" if shelf.newest() else "created")
+        _link(shelf, mac, version)
         shelf.add(version)
         os.fsync(shelf.fd)  # kept durably before the rename that replaces it can be
         return True
@@ -172,20 +169,17 @@ class History:
     def record(self, shelf: Shelf, mac: str, change: str, fd: int | None = None) -> None:
         """Link the current file as a new version (a save: only if it is the file of `fd`)."""
         version = Version(shelf.new_id(), change)
-        with self.directory.opened() as top:
-            os.link(
-                f"{mac}.json",
-                version.name,
-                src_dir_fd=top,
-                dst_dir_fd=shelf.fd,
-                follow_symlinks=False,
-            )
+        _link(shelf, mac, version)
         kept = os.stat(version.name, dir_fd=shelf.fd, follow_symlinks=False)
         if fd is not None and not os.path.samestat(kept, os.fstat(fd)):  # replaced meanwhile
             os.unlink(version.name, dir_fd=shelf.fd)
             return
         if fd is None:  # a delete: durable before the unlink (a save syncs after the lock)
-            os.fsync(shelf.fd)
+            try:
+                os.fsync(shelf.fd)
+            except OSError:
+                os.unlink(version.name, dir_fd=shelf.fd)  # the delete will not happen
+                raise
         shelf.add(version)
         if self._past_limit(shelf):
             with self._lock:
@@ -397,6 +391,17 @@ class History:
                     os.rmdir(mac, dir_fd=root)
             finally:
                 os.close(root)
+
+
+def _link(shelf: Shelf, mac: str, version: Version) -> None:
+    """The current file, never a link's target, as this version (atomic: whole or absent)."""
+    os.link(
+        f"{mac}.json",
+        version.name,
+        src_dir_fd=shelf.top,
+        dst_dir_fd=shelf.fd,
+        follow_symlinks=False,
+    )
 
 
 def _open_dir(name: str, parent: int, create: bool) -> int:

@@ -151,8 +151,8 @@ class Writer:
         and first the history directory that the save linked its new version into."""
         try:
             if history_of is not None and self.history.enabled:
-                # Outside the lock: under it, this fsync serialised every PUT (0.79x of PUT
-                # without history; 0.92x here). The version it replaced was linked earlier.
+                # Outside the lock: under it, this fsync serialised every PUT (PERFORMANCE.md).
+                # The version this save replaced was linked (and synced) by an earlier write.
                 self.history.sync(history_of)
             self.directory.fsync()
         except OSError as error:
