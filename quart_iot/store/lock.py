@@ -5,9 +5,10 @@ import fcntl
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from quart_iot.errors import WritesBlocked
 from quart_iot.store.files import LOCK_NAME, Directory
@@ -24,9 +25,22 @@ class WriteLock:
         self.directory = directory
         self.timeout = timeout
         self.blocked = False  # the last wait for it timed out
+        # This process's writers queue here, woken the moment the holder is done, rather than
+        # polling the flock (which cannot block with a timeout) with sleeps among themselves.
+        self._ours = threading.Lock()
 
     def exclusively(self, deadline: float, check: Callable[[], None], commit: Callable[[], R]) -> R:
         """check() then commit() holding the lock, waiting for it until the deadline at most."""
+        if not self._ours.acquire(timeout=max(deadline - time.monotonic(), 0)):
+            self._timed_out()
+        try:
+            return self._exclusively(deadline, check, commit)
+        finally:
+            self._ours.release()
+
+    def _exclusively(
+        self, deadline: float, check: Callable[[], None], commit: Callable[[], R]
+    ) -> R:
         while True:
             with self._file(create=True) as fd:
                 self._acquire(fd, deadline)
@@ -74,10 +88,7 @@ class WriteLock:
             except BlockingIOError:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    if not self.blocked:
-                        log.warning("config writes blocked: the write lock is held elsewhere")
-                    self.blocked = True
-                    raise WritesBlocked(self.timeout) from None
+                    self._timed_out()
                 time.sleep(min(pause, left))
                 pause = min(pause * 2, 0.05)
             else:
@@ -85,6 +96,12 @@ class WriteLock:
                     log.warning("config writes unblocked: the write lock was released")
                 self.blocked = False
                 return
+
+    def _timed_out(self) -> NoReturn:
+        if not self.blocked:
+            log.warning("config writes blocked: the write lock is held elsewhere")
+        self.blocked = True
+        raise WritesBlocked(self.timeout)
 
     def _still_named(self, fd: int) -> bool:
         held = os.fstat(fd)
