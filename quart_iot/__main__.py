@@ -22,8 +22,6 @@ from quart_iot.shutdown import GracefulStop
 from quart_iot.store import stop_worker_threads
 from quart_iot.waiting import PEERS_ENV
 
-LISTEN_FD_ENV = "QUART_IOT_LISTEN_FD"  # a worker serves the socket its parent bound
-
 log = logging.getLogger("quart_iot")
 
 
@@ -32,8 +30,6 @@ def hypercorn_config(settings: Settings) -> Config:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_timeout
-    if inherited := os.environ.get(LISTEN_FD_ENV):  # a worker of WORKERS: its parent's socket
-        config.bind = [f"fd://{inherited}"]
     config.backlog = 4096  # thousands of long polls reconnect at once after a restart
     # Hypercorn's lines go through our handler (one format, one stream) instead of its own.
     config.accesslog = logging.getLogger("hypercorn.access")
@@ -69,24 +65,27 @@ def raise_open_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def own_socket(config: Config, workers: int) -> None:
+    """A worker of WORKERS binds its own socket on the shared port with SO_REUSEPORT (hypercorn
+    sets it for more than one worker), and the kernel spreads new connections across them: one
+    socket shared by all let the first worker to wake accept a whole burst (wrk's 32
+    connections all went to one worker)."""
+    config.workers = workers
+    sockets = config.create_sockets().insecure_sockets
+    config.workers = 1  # serve() runs this one process
+    config.bind = [f"fd://{sock.detach()}" for sock in sockets]
+
+
 def run_workers(settings: Settings) -> int:
-    """Bind once, start WORKERS copies of this command on that socket, pass SIGTERM on."""
-    sockets = hypercorn_config(settings).create_sockets().insecure_sockets
+    """Start WORKERS copies of this command on the same port, pass SIGTERM on."""
     peers = tempfile.mkdtemp(prefix="quart_iot-peers-")
     workers = []
     try:
         for index in range(settings.workers):
-            env = {
-                **os.environ,
-                LISTEN_FD_ENV: str(sockets[0].fileno()),
-                PEERS_ENV: f"{peers}:{index}:{settings.workers}",
-            }
-            command = [sys.executable, "-m", "quart_iot"]
-            workers.append(subprocess.Popen(command, env=env, pass_fds=[sockets[0].fileno()]))
+            env = {**os.environ, PEERS_ENV: f"{peers}:{index}:{settings.workers}"}
+            workers.append(subprocess.Popen([sys.executable, "-m", "quart_iot"], env=env))
         return supervise(workers)
     finally:
-        for sock in sockets:
-            sock.close()
         shutil.rmtree(peers, ignore_errors=True)
 
 
@@ -113,10 +112,13 @@ def main() -> int:
         print(f"quart_iot: {error}", file=sys.stderr)
         return 2
     raise_open_file_limit()
-    if settings.workers > 1 and LISTEN_FD_ENV not in os.environ:
+    if settings.workers > 1 and PEERS_ENV not in os.environ:
         return run_workers(settings)
     app = create_app(settings)
-    asyncio.run(serve_until_stopped(app, hypercorn_config(settings)))
+    config = hypercorn_config(settings)
+    if settings.workers > 1:
+        own_socket(config, settings.workers)
+    asyncio.run(serve_until_stopped(app, config))
     stop_worker_threads()  # a write that outlived SHUTDOWN_TIMEOUT ends first: it is atomic
     if graceful_stop(app).gave_up:
         log.warning("stopping: the write(s) still running at SHUTDOWN_TIMEOUT have ended")
