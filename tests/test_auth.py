@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from quart_iot.app import create_app
-from quart_iot.auth import InvalidToken, KeySet
+from quart_iot.auth import InvalidToken
+from quart_iot.tokens import KeySet
 from quart_iot.settings import Settings
 from tests.conftest import MAC, OTHER_MAC, write_config
 from tests.oidc_provider import AUDIENCE, Provider, SigningKey, b64, install, unverified_kid
