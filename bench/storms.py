@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.documents import fill_directory, mac_of
 from bench.server import BenchServer, peak_memory
-from quart_iot.documents import MAX_CONTAINERS, MAX_DEPTH
+from quart_iot.documents import MAX_CONTAINERS, MAX_DEPTH, MAX_VALUES
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
@@ -127,14 +127,14 @@ def _list_storm(server: BenchServer, done: threading.Event, answered: list[float
 
 def maximal_body() -> bytes:
     """The costliest PUT body accepted: just under 1 MiB, as many arrays as allowed, nested as
-    deep as allowed, and the rest small numbers (the most values per byte)."""
+    deep as allowed, as many values as allowed (small numbers), and a long string for the rest."""
     depth = MAX_DEPTH - 3  # below the body's object, "content" and "nested"
     item = "[" * depth + "0" + "]" * depth
-    nested = ",".join([item] * ((MAX_CONTAINERS - 4) // depth))
-    head, middle, tail = '{"content":{"nested":[', '],"numbers":[', "]}}"
-    room = MAX_BODY - len(head) - len(nested) - len(middle) - len(tail)
-    numbers = ",".join(["7"] * (room // 2))
-    return (head + nested + middle + numbers + tail).encode()
+    chunks = (MAX_CONTAINERS - 5) // depth
+    nested = ",".join([item] * chunks)
+    numbers = ",".join(["7"] * (MAX_VALUES - chunks * (depth + 1) - 10))
+    head = '{"content":{"nested":[' + nested + '],"numbers":[' + numbers + '],"text":"'
+    return (head + "x" * (MAX_BODY - len(head) - 4) + '"}}').encode()
 
 
 def maximal_puts(directory: Path, log: Path, clients: int, seconds: float) -> StormRun:

@@ -20,7 +20,7 @@ import pytest
 import quart_iot.store.extension
 import quart_iot.store.index
 from bench.storms import maximal_body
-from quart_iot.documents import MAX_CONTAINERS
+from quart_iot.documents import MAX_CONTAINERS, MAX_VALUES
 from quart_iot.settings import Settings
 from quart_iot.store import LOCK_NAME, STALE_TEMP_SECONDS, ConfigStore, Signature, StoredConfig
 from quart_iot.store.index import Entry
@@ -47,6 +47,18 @@ async def test_a_body_that_could_not_be_read_back_is_refused_not_stored(
     assert error["code"] == "VALIDATION_FAILED"
     assert f"more than {MAX_CONTAINERS} objects and arrays" in error["error"]
     assert list(configs_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(("count", "status"), [(MAX_VALUES - 3, 200), (MAX_VALUES - 2, 400)])
+async def test_a_body_holds_at_most_max_values_values(
+    client: Client, count: int, status: int
+) -> None:
+    numbers = b",".join([b"7"] * count)  # with the body, content and the list: count + 3 values
+    body = b'{"content":{"n":[' + numbers + b"]}}"
+    put = await put_raw(client, MAC, body)
+    assert put.status_code == status
+    if status == 400:
+        assert f"more than {MAX_VALUES} values" in (await put.get_json())["error"]
 
 
 async def test_brackets_inside_strings_are_not_containers(client: Client) -> None:
