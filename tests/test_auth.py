@@ -13,8 +13,8 @@ import pytest
 
 from quart_iot.app import create_app
 from quart_iot.auth import InvalidToken
-from quart_iot.tokens import KeySet
 from quart_iot.settings import Settings
+from quart_iot.tokens import KeySet
 from tests.conftest import MAC, OTHER_MAC, write_config
 from tests.oidc_provider import AUDIENCE, Provider, SigningKey, b64, install, unverified_kid
 from tests.server import Server, running_server

@@ -92,7 +92,7 @@ async def test_a_stored_form_over_the_limit_is_413_before_any_disk_io(
     client: Client, configs_dir: Path
 ) -> None:
     # "1E15" is 4 bytes in the body and "1000000000000000.0" (18) once stored.
-    body = b'{"content":{"a":[' + b",".join([b"1E15"] * 200_000) + b"]}}"
+    body = b'{"content":{"a":[' + b",".join([b"1E15"] * 90_000) + b"]}}"
     assert len(body) < LIMIT
     put = await put_raw(client, MAC, body)
     assert put.status_code == 413
