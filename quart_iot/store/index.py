@@ -75,17 +75,20 @@ class Index:
     def listing(self, arrived: int) -> tuple[bytes, int]:
         """The list body and count, as the directory was at some moment after `arrived`."""
         with self._scan_lock:
-            # A check that began after this request arrived saw every change made before:
-            # requests that queued behind one check (a long rescan) share it.
-            if self._checked_at <= arrived:
-                checking = time.monotonic_ns()
-                self._check_directory()
-                self._checked_at = checking
-                self.outage.recovered()
+            self._check_since(arrived)
             with self._lock:
                 if self._body is None:
                     self._body, self._count = self._render()
                 return self._body, self._count
+
+    def _check_since(self, arrived: int) -> None:
+        # A check that began after this request arrived saw every change made before:
+        # requests that queued behind one check (a long rescan) share it.
+        if self._checked_at <= arrived:
+            checking = time.monotonic_ns()
+            self._check_directory()
+            self._checked_at = checking
+            self.outage.recovered()
 
     def stat_dir(self) -> os.stat_result:
         with storage_errors("stat of the configs directory", self.outage):
@@ -162,7 +165,8 @@ class Index:
         """Names created or removed elsewhere (as a list would see them), then files rewritten
         in place (they leave the directory alone)."""
         try:
-            self.listing(time.monotonic_ns())
+            with self._scan_lock:  # the list body is left to the next list to render
+                self._check_since(time.monotonic_ns())
             with self.directory.opened() as fd:
                 for name, entry in list(self._entries.items()):
                     self._sweep_one(fd, name, entry)
