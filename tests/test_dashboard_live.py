@@ -98,6 +98,8 @@ class Prometheus:
             response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
         except httpx.TransportError:
             return []  # not listening yet
+        if response.status_code == 503:
+            return []  # listening, but its storage is not ready yet
         assert response.status_code == 200, (expr, response.text)
         result: list[Any] = response.json()["data"]["result"]
         return result
