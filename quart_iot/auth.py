@@ -182,6 +182,19 @@ def subject(claims: dict[str, Any]) -> str:
     return " ".join(parts) or "anonymous"
 
 
+def writer_subject() -> str | None:
+    """Who makes this request's write, for the history: the token's `sub` (else its client);
+    None when access control is off."""
+    claims = g.get("auth_claims")
+    if not claims:
+        return None
+    for name in ("sub", "client_id", "azp"):
+        value = claims.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return "anonymous"
+
+
 def _printable(value: str) -> str:
     return "".join(c if c.isprintable() and not c.isspace() else "?" for c in value[:80])
 

@@ -128,7 +128,7 @@ class Metrics:
         return Response(body + b"\n", status=200, headers=headers)
 
     def _history(self, store: ConfigStore) -> None:
-        history = store.history
+        history = store.retention
         if history.versions_kept is not None and history.bytes_used is not None:
             self.history_versions.set({}, history.versions_kept)
             self.history_bytes.set({}, history.bytes_used)

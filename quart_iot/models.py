@@ -103,7 +103,11 @@ class HistoryVersion(ConfigSummary):
         description="created/updated: the version a write made current; deleted: the document "
         "a DELETE removed"
     )
-    subject: str | None = Field(description="Who wrote it; always null in this version")
+    subject: str | None = Field(
+        description="Who made this version: the `sub` of the writer's token (for a deleted one, "
+        "of whoever deleted it); null when access control was off or the file was edited "
+        "outside the service"
+    )
 
 
 class HistoryList(BaseModel):

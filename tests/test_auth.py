@@ -62,7 +62,7 @@ def server(provider: Provider, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture(scope="module")
 def tokens(provider: Provider) -> dict[str, str]:
-    clients = ("reader", "writer", "norole", "device-a", "device-b")
+    clients = ("reader", "writer", "operator", "norole", "device-a", "device-b")
     return {client: provider.token(client) for client in clients}
 
 
@@ -187,6 +187,31 @@ async def test_history_reads_need_the_read_role_and_a_restore_the_write_role(
     audit = [line for line in server.stderr().splitlines() if f"audit: POST {mac} 200" in line]
     assert len(audit) == 1
     assert "sub=writer" in audit[0]
+
+
+async def test_the_history_records_who_wrote_each_version(
+    server: Server, tokens: dict[str, str]
+) -> None:
+    mac = "12-34-56-78-9a-be"
+    path = f"/api/configs/{mac}"
+    for name, writer in (("first", "writer"), ("second", "operator")):
+        body = {"content": {"deviceName": name}}
+        assert (await call(server, "PUT", path, tokens[writer], json=body)).is_success
+    assert (await call(server, "DELETE", path, tokens["writer"])).status_code == 204
+    deleted = await call(server, "GET", "/api/configs/deleted", tokens["reader"])
+    gone = [item for item in deleted.json()["configs"] if item["mac_address"] == mac]
+    assert [(item["change"], item["subject"]) for item in gone] == [("deleted", "writer")]
+    history = (await call(server, "GET", f"{path}/history", tokens["reader"])).json()
+    oldest = history["versions"][-1]["version"]
+    restored = await call(server, "POST", f"{path}/history/{oldest}/restore", tokens["operator"])
+    assert restored.status_code == 200
+    history = (await call(server, "GET", f"{path}/history", tokens["reader"])).json()
+    assert [(v["change"], v["device_name"], v["subject"]) for v in history["versions"]] == [
+        ("created", "first", "operator"),  # the restore, by whoever restored
+        ("deleted", "second", "writer"),  # the document the DELETE removed, by who deleted
+        ("updated", "second", "operator"),
+        ("created", "first", "writer"),
+    ]
 
 
 async def test_a_token_without_a_role_is_forbidden(server: Server, tokens: dict[str, str]) -> None:

@@ -7,7 +7,7 @@ import os
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from quart import Quart
@@ -15,6 +15,7 @@ from quart import Quart
 from quart_iot.app import create_app
 from quart_iot.patch import make_patch
 from quart_iot.settings import Settings
+from quart_iot.store import ConfigStore
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
 
 HISTORY = f"/api/configs/{MAC}/history"
@@ -330,3 +331,89 @@ async def test_a_failed_directory_fsync_never_drops_a_document_unkept(
     monkeypatch.undo()
     assert (await (await client.get(f"/api/configs/{MAC}")).get_json())["content"] == {"v": "new"}
     assert [v["change"] for v in await versions(client)][:2] == ["updated", "created"]
+
+
+# -- who made each version (with access control on, tests/test_auth.py shows it end to end) --
+
+
+def store_of(app: Quart) -> ConfigStore:
+    return cast(ConfigStore, app.extensions["config_store"])
+
+
+def shelf_names(configs_dir: Path, mac: str = MAC) -> list[str]:
+    shelf = configs_dir / ".history" / mac
+    return sorted(os.listdir(shelf)) if shelf.exists() else []
+
+
+@pytest.mark.parametrize(
+    ("subject", "kept"),
+    [
+        ("alice", "alice"),
+        ("../../etc/passwd", "../../etc/passwd"),  # a link's target: text, never followed
+        ('nul\x00 new\nline ünïcødé 🎉 "q" \\', 'nul\x00 new\nline ünïcødé 🎉 "q" \\'),
+        ("🎉" * 300, "🎉" * 255),  # OpenID Connect's limit for `sub`: 255 characters
+    ],
+)
+async def test_a_subject_is_kept_exactly(
+    app: Quart, client: Client, configs_dir: Path, subject: str, kept: str
+) -> None:
+    await store_of(app).save(MAC, {"v": 1}, by=subject)
+    await store_of(app).delete(MAC, by="bob")
+    assert [(v["change"], v["subject"]) for v in await versions(client)] == [
+        ("deleted", "bob"),
+        ("created", kept),
+    ]
+    deleted = await (await client.get("/api/configs/deleted")).get_json()
+    assert [item["subject"] for item in deleted["configs"]] == ["bob"]
+
+
+async def test_a_subject_link_the_service_did_not_make_reads_as_null(
+    app: Quart, client: Client, configs_dir: Path
+) -> None:
+    for i in range(4):
+        await store_of(app).save(MAC, {"v": i}, by="alice")
+    shelf = configs_dir / ".history" / MAC
+    planted = sorted(shelf.glob("*.subject"), reverse=True)  # not listed yet: nothing cached
+    assert len(planted) == 4
+    for link in planted:
+        link.unlink()
+    planted[0].write_text('"mallory"')  # a regular file
+    planted[1].mkdir()
+    planted[2].symlink_to("not json")
+    planted[3].symlink_to("[1]")  # JSON, but not a string
+    assert [v["subject"] for v in await versions(client)] == [None] * 4
+
+
+async def test_a_version_is_kept_when_its_subject_cannot_be(
+    app: Quart, client: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_links(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "symlink", no_links)
+    await store_of(app).save(MAC, {"v": 1}, by="alice")
+    assert [(v["change"], v["subject"]) for v in await versions(client)] == [("created", None)]
+    assert "subject of a version of" in caplog.text
+
+
+async def test_retention_takes_the_subjects_with_their_versions(
+    small_app: Quart, configs_dir: Path
+) -> None:
+    client = small_app.test_client()
+    store = store_of(small_app)
+    orphan = configs_dir / ".history" / MAC / f"{NEVER}.subject"
+    for i in range(6):
+        await store.save(MAC, {"i": i}, by=f"writer{i}")
+        if i == 0:  # as a crash between a subject and its version leaves it
+            orphan.symlink_to('"ghost"')
+    await _until(lambda kept: len(kept) == 3, client)
+    kept = await versions(client)
+    assert [v["subject"] for v in kept] == ["writer5", "writer4", "writer3"]
+    subjects = [name for name in shelf_names(configs_dir) if name.endswith(".subject")]
+    assert subjects == sorted(f"{v['version']}.subject" for v in kept)  # the orphan went too
+    await store.delete(MAC, by="remover")
+    for _ in range(100):  # past its days, the deleted device's history goes, shelf and all
+        if not (configs_dir / ".history" / MAC).exists():
+            break
+        await asyncio.sleep(0.1)
+    assert not (configs_dir / ".history" / MAC).exists()

@@ -230,7 +230,7 @@ async def test_a_failed_directory_fsync_tells_the_truth(
 ) -> None:
     notified: list[StoredConfig] = []
     store.saved_listeners.append(notified.append)
-    store.history.max_versions = 0  # history off; with it on, see tests/test_history.py
+    store.retention.max_versions = 0  # history off; with it on, see tests/test_history.py
     real_fsync = os.fsync
 
     def failing_dir_fsync(fd: int) -> None:

@@ -10,6 +10,7 @@ from quart_schema import (
 from werkzeug.exceptions import MethodNotAllowed
 
 from quart_iot.apidocs import document_errors
+from quart_iot.auth import writer_subject
 from quart_iot.errors import ApiError, ConfigNotFound, ConfigUnreadable, PreconditionFailed
 from quart_iot.models import (
     ConditionalHeaders,
@@ -107,7 +108,9 @@ async def get_device_config(mac_address: str) -> Response:
 @document_errors(400, 408, 409, 412, 413, 415, 503)
 async def save_config(mac_address: str, data: ConfigSave) -> Response:
     """Create or replace a device config (409 if it exists and allow_overwrite is false)."""
-    stored = await current_store().save(mac_address, data.content, precondition(data))
+    stored = await current_store().save(
+        mac_address, data.content, precondition(data), writer_subject()
+    )
     return detail_response(stored)
 
 
@@ -117,7 +120,7 @@ async def save_config(mac_address: str, data: ConfigSave) -> Response:
 @document_errors(400, 404, 412, 503)
 async def delete_config(mac_address: str) -> tuple[str, int]:
     """Delete a device config."""
-    await current_store().delete(mac_address, precondition())
+    await current_store().delete(mac_address, precondition(), writer_subject())
     return "", 204
 
 

@@ -8,6 +8,7 @@ from quart import Blueprint, Response
 from quart_schema import document_headers, document_response, tag_blueprint, validate_querystring
 
 from quart_iot.apidocs import document_errors
+from quart_iot.auth import writer_subject
 from quart_iot.blueprints.configs import detail_response, precondition
 from quart_iot.models import (
     ConditionalHeaders,
@@ -69,7 +70,7 @@ async def diff_version(mac_address: str, version: str, query_args: DiffQuery) ->
 @document_errors(400, 404, 412, 413, 422, 503)
 async def restore_version(mac_address: str, version: str) -> Response:
     """Make this version current through the normal write path (If-Match honoured)."""
-    stored = await current_store().restore(mac_address, version, precondition())
+    stored = await current_store().restore(mac_address, version, precondition(), writer_subject())
     return detail_response(stored)
 
 

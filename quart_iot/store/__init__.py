@@ -5,7 +5,10 @@
 - `lock`: the write lock shared with every replica;
 - `index`: the validated cache behind the list, the ETags and the change notifications;
 - `writes`: the write path (conditions decided under the lock);
-- `history`: every version of every document, under `.history/<mac>/` (hard links);
+- `versions`: the history area's files, one shelf per device under `.history/<mac>/`;
+- `history`: every version of every document kept as the writer writes (hard links);
+- `catalogue`: the history read back (a device's versions, one version, deleted devices);
+- `retention`: which versions go, and when;
 - `extension`: ConfigStore, the Quart extension with the async API the routes call.
 """
 
@@ -16,7 +19,6 @@ from quart_iot.store.extension import (
     stop_worker_threads,
 )
 from quart_iot.store.files import HISTORY_NAME, LOCK_NAME, STALE_TEMP_SECONDS
-from quart_iot.store.history import VERSION_PATTERN
 from quart_iot.store.records import (
     MAC_PATTERN,
     Precondition,
@@ -24,6 +26,7 @@ from quart_iot.store.records import (
     StoredConfig,
     canonical_mac,
 )
+from quart_iot.store.versions import VERSION_PATTERN
 
 __all__ = [
     "HISTORY_NAME",

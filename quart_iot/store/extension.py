@@ -24,12 +24,15 @@ from quart_iot.models import StorageState
 from quart_iot.patch import Operation, make_patch
 from quart_iot.settings import Settings
 from quart_iot.storagetime import timed
+from quart_iot.store.catalogue import Catalogue
 from quart_iot.store.files import Directory
-from quart_iot.store.history import History, check_version
+from quart_iot.store.history import History
 from quart_iot.store.index import Index
 from quart_iot.store.lock import WriteLock
 from quart_iot.store.outage import storage_errors
 from quart_iot.store.records import Precondition, StoredConfig, canonical_mac
+from quart_iot.store.retention import Retention
+from quart_iot.store.versions import Shelves, check_version
 from quart_iot.store.writes import SaveNotConfirmed, Writer
 
 log = logging.getLogger(__name__)
@@ -76,7 +79,10 @@ class ConfigStore:
         self.directory = Directory(directory, max_document_bytes)
         self.lock = WriteLock(self.directory, lock_timeout)
         self.index = Index(self.directory, self._changed)
-        self.history = History(self.directory, history_max_versions, history_max_days)
+        shelves = Shelves(self.directory)
+        self.retention = Retention(shelves, history_max_versions, history_max_days)
+        self.history = History(shelves, self.retention)
+        self.catalogue = Catalogue(shelves)
         self.writer = Writer(self.directory, self.lock, self.index, self.history)
         # Called (on the event loop, must not block) after each save of this process that
         # became visible.
@@ -130,21 +136,29 @@ class ConfigStore:
         return await self._read(self.index.current_etag, canonical_mac(mac))
 
     async def save(
-        self, mac: str, content: Document, precondition: Precondition | None = None
+        self,
+        mac: str,
+        content: Document,
+        precondition: Precondition | None = None,
+        by: str | None = None,
     ) -> StoredConfig:
-        """Create or replace a document, atomically and durably."""
+        """Create or replace a document, atomically and durably; `by`: the writer's subject,
+        kept with the version."""
         mac = canonical_mac(mac)
         deadline = time.monotonic() + self.lock.timeout  # a wait in the queue counts too
-        write = partial(self.writer.save, mac, content, precondition or Precondition(), deadline)
+        condition = precondition or Precondition()
+        write = partial(self.writer.save, mac, content, condition, deadline, by)
         saving = _writes.submit(timed(write))
         saving.add_done_callback(self._saved)  # a write that happened is told, whoever waits
         return await self._written(saving)
 
-    async def delete(self, mac: str, precondition: Precondition | None = None) -> None:
-        """Remove a document."""
+    async def delete(
+        self, mac: str, precondition: Precondition | None = None, by: str | None = None
+    ) -> None:
+        """Remove a document (its history keeps it)."""
         mac = canonical_mac(mac)
         deadline = time.monotonic() + self.lock.timeout
-        write = partial(self.writer.delete, mac, precondition or Precondition(), deadline)
+        write = partial(self.writer.delete, mac, precondition or Precondition(), deadline, by)
         await self._written(_writes.submit(timed(write)))
 
     # -- history ---------------------------------------------------------------------------
@@ -152,12 +166,12 @@ class ConfigStore:
     async def versions_json(self, mac: str) -> bytes:
         """The history body of one device: every kept version, newest first."""
         mac = canonical_mac(mac)
-        return await self._read(self._history_read, self.history.listing, mac)
+        return await self._read(self._history_read, self.catalogue.listing, mac)
 
     async def version(self, mac: str, version: str) -> StoredConfig:
         """One kept version of one device."""
         mac, version = canonical_mac(mac), check_version(version)
-        _, stored = await self._read(self._history_read, self.history.read, mac, version)
+        _, stored = await self._read(self._history_read, self.catalogue.read, mac, version)
         return stored
 
     async def diff(self, mac: str, version: str, to: str | None = None) -> list[Operation]:
@@ -167,15 +181,19 @@ class ConfigStore:
         return make_patch(source.content, target.content)
 
     async def restore(
-        self, mac: str, version: str, precondition: Precondition | None = None
+        self,
+        mac: str,
+        version: str,
+        precondition: Precondition | None = None,
+        by: str | None = None,
     ) -> StoredConfig:
         """Make a kept version current through the normal write path."""
         stored = await self.version(mac, version)
-        return await self.save(mac, stored.content, precondition)
+        return await self.save(mac, stored.content, precondition, by)
 
     async def deleted(self) -> list[dict[str, Any]]:
         """Devices whose document is gone but whose history remains."""
-        return await self._run(self._history_read, self.history.deleted)
+        return await self._run(self._history_read, self.catalogue.deleted)
 
     def _history_read(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         with storage_errors("read of the history", self.index.outage):
@@ -246,7 +264,7 @@ class ConfigStore:
         surveyed = -float("inf")  # the first sweep surveys the history
         # Often enough that a version past its days goes within half of them (tests use
         # seconds).
-        survey_every = min(HISTORY_SURVEY_INTERVAL, self.history.max_age_ns / 2e9)
+        survey_every = min(HISTORY_SURVEY_INTERVAL, self.retention.max_age_ns / 2e9)
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
@@ -269,21 +287,21 @@ class ConfigStore:
 
     def _survey(self) -> None:
         with storage_errors("survey of the history", self.index.outage):
-            self.history.pending.update(self.history.survey())
+            self.retention.note(*self.retention.survey())
 
     def _prune(self) -> None:
         """Retention for the devices that need it, each under the write lock."""
         if not self.history.enabled:
             return
-        for mac in self.history.take_pending():
+        for mac in self.retention.take_pending():
             now = time.time_ns()
-            prune = partial(self.history.prune, mac, now)
+            prune = partial(self.retention.prune, mac, now)
             try:
                 with storage_errors("retention of the history", self.writer.outage):
-                    if self.history.doomed(mac, now):  # the lock only when there is work
+                    if self.retention.doomed(mac, now):  # the lock only when there is work
                         self.lock.exclusively(time.monotonic() + 1.0, _nothing, prune)
             except WritesBlocked:
-                self.history.pending.add(mac)  # the next sweep tries again
+                self.retention.note(mac)  # the next sweep tries again
 
     def _remove_stale_temps(self) -> None:
         with storage_errors("clean-up of temp files", self.writer.outage):

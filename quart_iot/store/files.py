@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = re.compile(r"[0-9a-f]{2}(?:-[0-9a-f]{2}){5}\.json")
 TEMP_NAME = re.compile(r"\.[0-9a-f-]{17}\.json\.(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp")
 LOCK_NAME = ".quart_iot.lock"
-HISTORY_NAME = ".history"  # every version of every document (store/history.py)
+HISTORY_NAME = ".history"  # every version of every document (store/versions.py)
 STALE_TEMP_SECONDS = 300
 
 _UNUSABLE_ERRNOS = {errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENXIO, errno.EISDIR}

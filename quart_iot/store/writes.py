@@ -48,7 +48,12 @@ class Writer:
         self.sync_fault: str | None = None  # a directory fsync failed after a change
 
     def save(
-        self, mac: str, content: Document, precondition: Precondition, deadline: float
+        self,
+        mac: str,
+        content: Document,
+        precondition: Precondition,
+        deadline: float,
+        by: str | None = None,
     ) -> StoredConfig:
         data = dump_document(content)
         if len(data) > self.directory.max_bytes:  # known before any disk I/O
@@ -59,7 +64,7 @@ class Writer:
             temp, fd = self.directory.write_temp(name, data)
             try:
                 check = partial(self._check, mac, precondition)
-                install = partial(self._install, temp, mac, precondition, fd)
+                install = partial(self._install, temp, mac, precondition, fd, by)
                 installed_at = self.lock.exclusively(deadline, check, install)
                 signature = Signature.of(os.fstat(fd))
             finally:
@@ -69,11 +74,13 @@ class Writer:
         self._sync(SaveNotConfirmed(document), mac)
         return document
 
-    def delete(self, mac: str, precondition: Precondition, deadline: float) -> None:
+    def delete(
+        self, mac: str, precondition: Precondition, deadline: float, by: str | None = None
+    ) -> None:
         name = f"{mac}.json"
         with storage_errors(f"delete of {name}", self.outage):
             check = partial(self._check, mac, precondition)
-            removed_at = self.lock.exclusively(deadline, check, partial(self._unlink, mac))
+            removed_at = self.lock.exclusively(deadline, check, partial(self._unlink, mac, by))
         self.index.forget(name, removed_at)
         self._sync(WriteNotConfirmed(mac, "deleted", None))
 
@@ -86,7 +93,9 @@ class Writer:
         self.sync_fault = None
         return True
 
-    def _install(self, temp: Path, mac: str, precondition: Precondition, fd: int) -> int:
+    def _install(
+        self, temp: Path, mac: str, precondition: Precondition, fd: int, by: str | None
+    ) -> int:
         """Rename (or link) the temp file in place, keeping the versions it replaces."""
         if not self.history.enabled:
             return self._place(temp, f"{mac}.json", precondition)
@@ -94,7 +103,7 @@ class Writer:
             existed = self.history.keep_current(shelf, mac)  # before the rename replaces it
             installed_at = self._place(temp, f"{mac}.json", precondition)
             try:
-                self.history.record(shelf, mac, "updated" if existed else "created", fd)
+                self.history.record(shelf, mac, "updated" if existed else "created", fd, by)
             except OSError as error:  # visible already; the next write keeps it (keep_current)
                 log.warning("version of %s.json not kept in its history: %s", mac, error)
         return installed_at
@@ -111,10 +120,10 @@ class Writer:
                 name[:-5], "is a directory, which a PUT never replaces"
             ) from None
 
-    def _unlink(self, mac: str) -> int:
+    def _unlink(self, mac: str, by: str | None) -> int:
         if self.history.enabled and self._is_file(mac):
             with self.history.shelf(mac) as shelf:
-                self.history.record(shelf, mac, "deleted")  # durably, before the unlink
+                self.history.record(shelf, mac, "deleted", by=by)  # durably, before the unlink
         try:
             return self.directory.unlink(f"{mac}.json")
         except FileNotFoundError:

@@ -1,0 +1,97 @@
+"""Version history, retention: at most HISTORY_MAX_VERSIONS per device, none older than
+HISTORY_MAX_DAYS, but never the newest version of a live device, nor of a deleted one within
+its days. Pruned in the background (the store's sweep) under the write lock; measured for
+the metrics on the way."""
+
+import contextlib
+import threading
+import time
+
+from quart_iot.store.versions import Shelf, Shelves, Version
+
+DAY_NS = 86_400 * 1_000_000_000
+
+
+class Retention:
+    """Which versions go, and when (blocking; in worker threads)."""
+
+    def __init__(self, shelves: Shelves, max_versions: int, max_days: float) -> None:
+        self.shelves = shelves
+        self.max_versions = max_versions  # 0: history is off (nothing new is kept)
+        self.max_age_ns = int(max_days * DAY_NS)
+        self.versions_kept: int | None = None  # as of the last survey
+        self.bytes_used: int | None = None
+        self.pruned = 0
+        self._pending: set[str] = set()  # devices a write took past a limit: prune soon
+        self._lock = threading.Lock()
+
+    def past_limit(self, shelf: Shelf) -> bool:
+        """Whether the shelf holds a version that retention removes."""
+        oldest = shelf.oldest()
+        too_old = oldest is not None and time.time_ns() - oldest.saved_ns > self.max_age_ns
+        return len(shelf.names) > self.max_versions or too_old
+
+    def note(self, *macs: str) -> None:
+        """Prune these devices at the next sweep."""
+        with self._lock:
+            self._pending.update(macs)
+
+    def take_pending(self) -> list[str]:
+        with self._lock:
+            pending, self._pending = sorted(self._pending), set()
+        return pending
+
+    def doomed(self, mac: str, now_ns: int) -> list[Version]:
+        """The versions retention removes now."""
+        try:
+            with self.shelves.opened(mac) as shelf:
+                versions = shelf.versions
+        except (FileNotFoundError, NotADirectoryError):  # pruned by another replica
+            return []
+        if not versions:
+            return []
+        cutoff = now_ns - self.max_age_ns
+        keep_from = max(0, len(versions) - self.max_versions)
+        doomed = versions[:keep_from] + [v for v in versions[keep_from:] if v.saved_ns < cutoff]
+        newest = versions[-1]
+        if newest in doomed and (newest.saved_ns >= cutoff or self.shelves.live(mac)):
+            doomed.remove(newest)
+        return doomed
+
+    def prune(self, mac: str, now_ns: int) -> int:
+        """Remove what retention removes (under the write lock); how many versions went."""
+        doomed = self.doomed(mac, now_ns)
+        if not doomed:
+            return 0
+        with self.shelves.opened(mac) as shelf:
+            for version in doomed:
+                shelf.unlink(version)
+            for orphan in shelf.orphans():  # under the lock: no writer is between the two
+                shelf.unsign(orphan)
+            emptied = not shelf.versions
+        if emptied:
+            self.shelves.remove(mac)
+        with self._lock:
+            self.pruned += len(doomed)
+        return len(doomed)
+
+    def survey(self) -> list[str]:
+        """Every device with history; counts the versions and bytes kept on the way."""
+        macs = self.shelves.macs()
+        sizes: dict[tuple[int, int], int] = {}  # by inode: a version linked twice counts once
+        versions = sum(self._measure(mac, sizes) for mac in macs)
+        self.versions_kept, self.bytes_used = versions, sum(sizes.values())
+        return macs
+
+    def _measure(self, mac: str, sizes: dict[tuple[int, int], int]) -> int:
+        found = 0
+        with (
+            contextlib.suppress(FileNotFoundError, NotADirectoryError),
+            self.shelves.opened(mac) as shelf,
+        ):
+            for version in shelf.versions:
+                with contextlib.suppress(FileNotFoundError):
+                    st = shelf.stat(version)
+                    sizes[(st.st_dev, st.st_ino)] = st.st_size
+                    found += 1
+        return found

@@ -1,0 +1,266 @@
+"""The history area's files: `.history/<mac>/`, one shelf per device, one file per version.
+
+A version is a hard link to a document file (the service never writes a file in place, so a
+linked file never changes). Its name carries its metadata:
+`<ns since the epoch, 19 digits>-<8 hex>.<created|updated|deleted>.json`. Who wrote it, when
+access control is on, is a symbolic link beside it, `<id>.subject`, whose target is the
+subject as a JSON string: made before the version and never followed, it costs no data
+write and no fsync of its own (the shelf's fsync makes both durable).
+
+Plain blocking functions, run in worker threads. Every name is built from a canonical MAC
+and a version id that fully matched VERSION_PATTERN, relative to descriptors opened without
+following links: nothing outside the history area is ever touched.
+"""
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from quart_iot.documents import InvalidJson, etag_of, parse_document
+from quart_iot.errors import ConfigUnreadable, InvalidVersion, VersionNotFound
+from quart_iot.store.files import HISTORY_NAME, Directory
+from quart_iot.store.records import Signature, StoredConfig, summary_json
+
+VERSION_PATTERN = r"[0-9]{19}-[0-9a-f]{8}"  # also published in the OpenAPI document
+_VERSION = re.compile(VERSION_PATTERN)
+_FILE = re.compile(rf"(?P<id>{VERSION_PATTERN})\.(?P<change>created|updated|deleted)\.json")
+SUBJECT_CHARS = 255  # OpenID Connect's limit for `sub`; its JSON fits a link's target
+_SUBJECT = ".subject"
+_MAC_NAME = re.compile(r"[0-9a-f]{2}(?:-[0-9a-f]{2}){5}")
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One kept version: its id and how it came to be."""
+
+    id: str
+    change: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.id}.{self.change}.json"
+
+    @property
+    def saved_ns(self) -> int:
+        return int(self.id[:19])
+
+    @property
+    def saved_at(self) -> str:
+        """RFC 3339, UTC, to the microsecond."""
+        moment = datetime.fromtimestamp(self.saved_ns / 1e9, UTC)
+        return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+    @classmethod
+    def parse(cls, name: str) -> "Version | None":
+        match = _FILE.fullmatch(name)
+        return cls(match["id"], match["change"]) if match else None
+
+
+def check_version(raw: str) -> str:
+    """The version id, or InvalidVersion for anything that is not exactly one."""
+    if len(raw) != 28 or not _VERSION.fullmatch(raw):
+        raise InvalidVersion
+    return raw
+
+
+class Shelf:
+    """One device's history directory as it was found (under the lock, for a write)."""
+
+    def __init__(self, fd: int, top: int) -> None:
+        self.fd = fd
+        self.top = top  # the configs directory
+        # Names sort in time order (fixed-length ids first); parsed only where needed, since
+        # a write needs just the newest and the oldest.
+        names = os.listdir(fd)
+        self.names = sorted(name for name in names if name.endswith(".json"))
+        self.signed = {name.removesuffix(_SUBJECT) for name in names if name.endswith(_SUBJECT)}
+
+    @property
+    def versions(self) -> list[Version]:
+        """Every version, oldest first."""
+        parsed = (Version.parse(name) for name in self.names)
+        return [version for version in parsed if version is not None]
+
+    def newest(self) -> Version | None:
+        return next(filter(None, map(Version.parse, reversed(self.names))), None)
+
+    def oldest(self) -> Version | None:
+        return next(filter(None, map(Version.parse, self.names)), None)
+
+    def find(self, mac: str, version_id: str) -> Version:
+        for version in self.versions:
+            if version.id == version_id:
+                return version
+        raise VersionNotFound(mac, version_id)
+
+    def new_id(self) -> str:
+        """Later than every kept version, whatever the clocks of the replicas say."""
+        now = time.time_ns()
+        newest = self.newest()
+        if newest is not None:
+            now = max(now, newest.saved_ns + 1)
+        return f"{now:019d}-{secrets.token_hex(4)}"
+
+    def link(self, mac: str, version: Version) -> None:
+        """The current file, never a link's target, as this version (atomic: whole or
+        absent)."""
+        os.link(
+            f"{mac}.json",
+            version.name,
+            src_dir_fd=self.top,
+            dst_dir_fd=self.fd,
+            follow_symlinks=False,
+        )
+        self.names.append(version.name)
+
+    def unlink(self, version: Version) -> None:
+        """Remove a version and its subject."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(version.name, dir_fd=self.fd)
+        with contextlib.suppress(ValueError):
+            self.names.remove(version.name)
+        self.unsign(version.id)
+
+    def sign(self, version: Version, subject: str) -> None:
+        """Record who makes the version (before it is linked: it never shows without)."""
+        target = json.dumps(subject[:SUBJECT_CHARS])  # ASCII, no NUL: any string fits
+        os.symlink(target, version.id + _SUBJECT, dir_fd=self.fd)
+        self.signed.add(version.id)
+
+    def unsign(self, version_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(version_id + _SUBJECT, dir_fd=self.fd)
+        self.signed.discard(version_id)
+
+    def subject(self, version: Version) -> str | None:
+        """Who made the version; None when nobody signed it (access control off, an edit
+        outside the service) or the link is not one the service made."""
+        try:
+            value = json.loads(os.readlink(version.id + _SUBJECT, dir_fd=self.fd))
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, str) else None
+
+    def orphans(self) -> set[str]:
+        """Ids of subjects whose version was never linked (a crash between the two)."""
+        return self.signed - {version.id for version in self.versions}
+
+    def stat(self, version: Version) -> os.stat_result:
+        return os.stat(version.name, dir_fd=self.fd, follow_symlinks=False)
+
+    def current(self, mac: str) -> os.stat_result | None:
+        """The device's document as it is now (None when there is none)."""
+        try:
+            return os.stat(f"{mac}.json", dir_fd=self.top, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def read(self, version: Version, max_bytes: int, mac: str) -> tuple[Signature, bytes]:
+        """A version's bytes: a regular file, no link followed, no FIFO waited for, bounded."""
+        try:
+            file = os.open(version.name, _OPEN_FILE, dir_fd=self.fd)
+        except OSError as error:
+            if isinstance(error, FileNotFoundError):
+                raise
+            raise ConfigUnreadable(mac, "has a version that cannot be opened") from None
+        try:
+            st = os.fstat(file)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+                raise ConfigUnreadable(mac, "has a version that is not a readable document")
+            with os.fdopen(file, "rb", closefd=False) as reader:
+                return Signature.of(st), reader.read(max_bytes + 1)
+        finally:
+            os.close(file)
+
+
+class Shelves:
+    """The history area of a configs directory: opens each device's shelf, safely."""
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+
+    @contextlib.contextmanager
+    def opened(self, mac: str, create: bool = False) -> Iterator[Shelf]:
+        """The device's shelf (FileNotFoundError or NotADirectoryError when it has none);
+        made, durably, when `create` (its first version)."""
+        with self.directory.opened() as top:
+            root = _open_dir(HISTORY_NAME, top, create)
+            try:
+                fd = _open_dir(mac, root, create)
+            finally:
+                os.close(root)
+            try:
+                yield Shelf(fd, top)
+            finally:
+                os.close(fd)
+
+    def fsync(self, mac: str) -> None:
+        """fsync the device's shelf, if it has one."""
+        with contextlib.suppress(FileNotFoundError), self._fd(mac) as fd:
+            os.fsync(fd)
+
+    def macs(self) -> list[str]:
+        """Every device with a shelf, in order."""
+        with self.directory.opened() as top:
+            try:
+                root = _open_dir(HISTORY_NAME, top, create=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        try:
+            return sorted(name for name in os.listdir(root) if _MAC_NAME.fullmatch(name))
+        finally:
+            os.close(root)
+
+    def live(self, mac: str) -> bool:
+        """Whether the device has a document now."""
+        try:
+            self.directory.lstat(f"{mac}.json")
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove(self, mac: str) -> None:
+        """Remove an empty shelf (one that is not empty, say with a new version, stays)."""
+        with self.directory.opened() as top:
+            root = _open_dir(HISTORY_NAME, top, create=False)
+            try:
+                with contextlib.suppress(OSError):
+                    os.rmdir(mac, dir_fd=root)
+            finally:
+                os.close(root)
+
+    @contextlib.contextmanager
+    def _fd(self, mac: str) -> Iterator[int]:
+        with self.opened(mac) as shelf:
+            yield shelf.fd
+
+
+def stored_version(mac: str, data: bytes) -> StoredConfig:
+    """A version's bytes as a stored document (ConfigUnreadable if they are not one)."""
+    try:
+        content = parse_document(data)
+    except InvalidJson:
+        raise ConfigUnreadable(mac, "has a version that is not a JSON object") from None
+    return StoredConfig(mac, data, summary_json(mac, content), etag_of(data))
+
+
+def _open_dir(name: str, parent: int, create: bool) -> int:
+    """A directory below `parent`, never through a link; made (and the parent synced)."""
+    try:
+        return os.open(name, _OPEN_DIR, dir_fd=parent)
+    except FileNotFoundError:
+        if not create:
+            raise
+    with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
+        os.mkdir(name, 0o755, dir_fd=parent)
+        os.fsync(parent)
+    return os.open(name, _OPEN_DIR, dir_fd=parent)
