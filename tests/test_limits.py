@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-import quart_iot.store.extension
 import quart_iot.store.index
+import quart_iot.store.sweeper
 from bench.storms import maximal_body
 from quart_iot.documents import MAX_CONTAINERS, MAX_VALUES
 from quart_iot.settings import Settings
@@ -282,7 +282,7 @@ def _temp(configs_dir: Path, host: str, pid: int, age: float) -> Path:
 async def test_the_sweep_removes_old_temp_files_of_other_hosts_while_running(
     app: Any, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(quart_iot.store.extension, "TEMP_SWEEP_INTERVAL", 0)
+    monkeypatch.setattr(quart_iot.store.sweeper, "TEMP_SWEEP_INTERVAL", 0)
     old = _temp(configs_dir, "pod-gone-7f9c", 1, STALE_TEMP_SECONDS + 10)
     recent = _temp(configs_dir, "pod-alive-1a2b", 1, 1)
     for _ in range(100):

@@ -9,15 +9,11 @@
 - `history`: every version of every document kept as the writer writes (hard links);
 - `catalogue`: the history read back (a device's versions, one version, deleted devices);
 - `retention`: which versions go, and when;
+- `sweeper`: the background work (changes made by others, retention, stale temp files);
 - `extension`: ConfigStore, the Quart extension with the async API the routes call.
 """
 
-from quart_iot.store.extension import (
-    SWEEP_INTERVAL,
-    ConfigStore,
-    current_store,
-    stop_worker_threads,
-)
+from quart_iot.store.extension import ConfigStore, current_store, stop_worker_threads
 from quart_iot.store.files import HISTORY_NAME, LOCK_NAME, STALE_TEMP_SECONDS
 from quart_iot.store.records import (
     MAC_PATTERN,
@@ -26,6 +22,7 @@ from quart_iot.store.records import (
     StoredConfig,
     canonical_mac,
 )
+from quart_iot.store.sweeper import SWEEP_INTERVAL
 from quart_iot.store.versions import VERSION_PATTERN
 
 __all__ = [

@@ -1,6 +1,7 @@
 """ConfigStore, the extension: the store's async API, its worker threads and its lifecycle.
 
-Data flows one way: routes -> ConfigStore -> Index / Writer -> WriteLock / Directory. All the
+Data flows one way: routes -> ConfigStore -> Index / Writer / Catalogue -> History /
+Retention / WriteLock -> Shelves / Directory; the Sweeper runs the background work. All the
 blocking file code lives in this package and runs in worker threads.
 """
 
@@ -19,7 +20,7 @@ from quart import Quart, current_app
 
 from quart_iot.batches import BatchedThreads
 from quart_iot.documents import Document
-from quart_iot.errors import StorageUnavailable, WriteOutlived, WritesBlocked
+from quart_iot.errors import StorageUnavailable, WriteOutlived
 from quart_iot.models import StorageState
 from quart_iot.patch import Operation, make_patch
 from quart_iot.settings import Settings
@@ -32,18 +33,16 @@ from quart_iot.store.lock import WriteLock
 from quart_iot.store.outage import storage_errors
 from quart_iot.store.records import Precondition, StoredConfig, canonical_mac
 from quart_iot.store.retention import Retention
+from quart_iot.store.sweeper import Sweeper
 from quart_iot.store.versions import Shelves, check_version
 from quart_iot.store.writes import SaveNotConfirmed, Writer
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL = 0.5
-TEMP_SWEEP_INTERVAL = 60.0
 DEFAULT_MAX_BYTES = 1024 * 1024  # MAX_CONTENT_LENGTH's default: the body and the file limit
 DEFAULT_LOCK_TIMEOUT = 5.0
 DEFAULT_HISTORY_VERSIONS = 50
 DEFAULT_HISTORY_DAYS = 90.0
-HISTORY_SURVEY_INTERVAL = 60.0  # retention by age of devices nobody writes; the gauges
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -84,6 +83,9 @@ class ConfigStore:
         self.history = History(shelves, self.retention)
         self.catalogue = Catalogue(shelves)
         self.writer = Writer(self.directory, self.lock, self.index, self.history)
+        self.sweeper = Sweeper(
+            self.directory, self.index, self.retention, self.lock, self.writer.outage
+        )
         # Called (on the event loop, must not block) after each save of this process that
         # became visible.
         self.saved_listeners: list[Callable[[StoredConfig], None]] = []
@@ -92,7 +94,6 @@ class ConfigStore:
         # or an outside edit at the next sweep (SWEEP_INTERVAL). Must not block.
         self.change_listeners: list[Callable[[str, str | None], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sweeper: asyncio.Task[None] | None = None
         self._gave_up: asyncio.Future[None] | None = None  # done: the stop stops waiting
 
     @classmethod
@@ -248,64 +249,12 @@ class ConfigStore:
 
     async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        with contextlib.suppress(StorageUnavailable):  # logged; health reports it
-            await self._run(self._remove_stale_temps)
-            await self._run(self._survey)  # the history gauges exist from the first scrape
-        self._sweeper = asyncio.create_task(self._sweep_forever())
+        await self.sweeper.start()
 
     async def _stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-
-    async def _sweep_forever(self) -> None:
-        temps_swept = time.monotonic()
-        surveyed = -float("inf")  # the first sweep surveys the history
-        # Often enough that a version past its days goes within half of them (tests use
-        # seconds).
-        survey_every = min(HISTORY_SURVEY_INTERVAL, self.retention.max_age_ns / 2e9)
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            try:
-                await self._run(self.index.sweep)
-                if time.monotonic() - surveyed >= survey_every:
-                    surveyed = time.monotonic()
-                    await self._run(self._survey)
-                await self._run(self._prune)
-                # Crashed replicas' temp files too: in Kubernetes no pod restarts with their
-                # host name, so waiting for "our" next start would keep them forever.
-                if time.monotonic() - temps_swept >= TEMP_SWEEP_INTERVAL:
-                    temps_swept = time.monotonic()
-                    await self._run(self._remove_stale_temps)
-            except StorageUnavailable:
-                pass  # the outage is logged once, and health and requests report it
-            except Exception:
-                log.exception("sweep of the configs directory failed")
+        await self.sweeper.stop()
 
     # -- blocking, in worker threads ---------------------------------------------------------
-
-    def _survey(self) -> None:
-        with storage_errors("survey of the history", self.index.outage):
-            self.retention.note(*self.retention.survey())
-
-    def _prune(self) -> None:
-        """Retention for the devices that need it, each under the write lock."""
-        if not self.history.enabled:
-            return
-        for mac in self.retention.take_pending():
-            now = time.time_ns()
-            prune = partial(self.retention.prune, mac, now)
-            try:
-                with storage_errors("retention of the history", self.writer.outage):
-                    if self.retention.doomed(mac, now):  # the lock only when there is work
-                        self.lock.exclusively(time.monotonic() + 1.0, _nothing, prune)
-            except WritesBlocked:
-                self.retention.note(mac)  # the next sweep tries again
-
-    def _remove_stale_temps(self) -> None:
-        with storage_errors("clean-up of temp files", self.writer.outage):
-            self.directory.remove_stale_temps()
 
     def _health(self) -> tuple[StorageState, str | None]:
         try:
@@ -323,10 +272,6 @@ class ConfigStore:
         if not os.access(self.directory.path, os.W_OK):
             return "read-only", None
         return ("writes-blocked" if self.lock.still_blocked() else "read-write"), None
-
-
-def _nothing() -> None:
-    """No condition to check."""
 
 
 def current_store() -> ConfigStore:

@@ -1,0 +1,112 @@
+"""The store's background work: every SWEEP_INTERVAL, the directory checked for changes made
+by other processes or by hand; the history surveyed and pruned; stale temp files removed."""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+
+import anyio.to_thread
+
+from quart_iot.errors import StorageUnavailable, WritesBlocked
+from quart_iot.storagetime import timed
+from quart_iot.store.files import Directory
+from quart_iot.store.index import Index
+from quart_iot.store.lock import WriteLock
+from quart_iot.store.outage import Outage, storage_errors
+from quart_iot.store.retention import Retention
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 0.5
+TEMP_SWEEP_INTERVAL = 60.0
+HISTORY_SURVEY_INTERVAL = 60.0  # retention by age of devices nobody writes; the gauges
+
+
+class Sweeper:
+    """Runs the sweep while the app serves (`start` and `stop` from its lifecycle)."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        index: Index,
+        retention: Retention,
+        lock: WriteLock,
+        write_outage: Outage,
+    ) -> None:
+        self.directory = directory
+        self.index = index
+        self.retention = retention
+        self.lock = lock
+        self.write_outage = write_outage
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        with contextlib.suppress(StorageUnavailable):  # logged; health reports it
+            await _run(self.remove_stale_temps)
+            await _run(self.survey)  # the history gauges exist from the first scrape
+        self._task = asyncio.create_task(self._forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _forever(self) -> None:
+        temps_swept = time.monotonic()
+        surveyed = -float("inf")  # the first sweep surveys the history
+        # Often enough that a version past its days goes within half of them (tests use
+        # seconds).
+        survey_every = min(HISTORY_SURVEY_INTERVAL, self.retention.max_age_ns / 2e9)
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                await _run(self.index.sweep)
+                if time.monotonic() - surveyed >= survey_every:
+                    surveyed = time.monotonic()
+                    await _run(self.survey)
+                await _run(self.prune)
+                # Crashed replicas' temp files too: in Kubernetes no pod restarts with their
+                # host name, so waiting for "our" next start would keep them forever.
+                if time.monotonic() - temps_swept >= TEMP_SWEEP_INTERVAL:
+                    temps_swept = time.monotonic()
+                    await _run(self.remove_stale_temps)
+            except StorageUnavailable:
+                pass  # the outage is logged once, and health and requests report it
+            except Exception:
+                log.exception("sweep of the configs directory failed")
+
+    # -- blocking, in worker threads ---------------------------------------------------------
+
+    def survey(self) -> None:
+        with storage_errors("survey of the history", self.index.outage):
+            self.retention.note(*self.retention.survey())
+
+    def prune(self) -> None:
+        """Retention for the devices that need it, each under the write lock."""
+        if self.retention.max_versions <= 0:
+            return
+        for mac in self.retention.take_pending():
+            now = time.time_ns()
+            prune = partial(self.retention.prune, mac, now)
+            try:
+                with storage_errors("retention of the history", self.write_outage):
+                    if self.retention.doomed(mac, now):  # the lock only when there is work
+                        self.lock.exclusively(time.monotonic() + 1.0, _nothing, prune)
+            except WritesBlocked:
+                self.retention.note(mac)  # the next sweep tries again
+
+    def remove_stale_temps(self) -> None:
+        with storage_errors("clean-up of temp files", self.write_outage):
+            self.directory.remove_stale_temps()
+
+
+async def _run(func: Callable[[], None]) -> None:
+    await anyio.to_thread.run_sync(timed(func))
+
+
+def _nothing() -> None:
+    """No condition to check."""
