@@ -53,6 +53,14 @@ def raw_request(
         return _parse_response(_read_all(sock))
 
 
+def raw_bytes(port: int, data: bytes, timeout: float = 10.0) -> RawResponse:
+    """Bytes that need not be HTTP at all, and the server's answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        return _parse_response(_read_all(sock))
+
+
 def read_response(sock: socket.socket) -> RawResponse:
     """Read until the server closes the connection, and parse what it sent."""
     return _parse_response(_read_all(sock))

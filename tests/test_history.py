@@ -401,16 +401,21 @@ async def test_retention_takes_the_subjects_with_their_versions(
 ) -> None:
     client = small_app.test_client()
     store = store_of(small_app)
-    orphan = configs_dir / ".history" / MAC / f"{NEVER}.subject"
+    shelf = configs_dir / ".history" / MAC
+    orphan, planted = shelf / f"{NEVER}.subject", shelf / f"{NEVER[:-1]}f.subject"
     for i in range(6):
         await store.save(MAC, {"i": i}, by=f"writer{i}")
-        if i == 0:  # as a crash between a subject and its version leaves it
-            orphan.symlink_to('"ghost"')
+        if i == 0:
+            orphan.symlink_to('"ghost"')  # as a crash between a subject and its version leaves
+            planted.mkdir()  # not the service's: left alone, and no sweep fails on it
     await _until(lambda kept: len(kept) == 3, client)
     kept = await versions(client)
     assert [v["subject"] for v in kept] == ["writer5", "writer4", "writer3"]
     subjects = [name for name in shelf_names(configs_dir) if name.endswith(".subject")]
-    assert subjects == sorted(f"{v['version']}.subject" for v in kept)  # the orphan went too
+    assert subjects == sorted([planted.name] + [f"{v['version']}.subject" for v in kept])
+    metrics = await (await client.get("/metrics")).get_data(as_text=True)
+    assert "iot_config_history_pruned_total 3" in metrics  # the prune ended well
+    planted.rmdir()
     await store.delete(MAC, by="remover")
     for _ in range(100):  # past its days, the deleted device's history goes, shelf and all
         if not (configs_dir / ".history" / MAC).exists():

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.harness import RawResponse, assert_error_body, raw_request, snapshot
+from tests.harness import RawResponse, assert_error_body, raw_bytes, raw_request, snapshot
 from tests.server import Server
 
 MAC = "aa-bb-cc-dd-ee-ff"
@@ -238,11 +238,38 @@ def test_path_under_a_config_is_a_bad_identifier(served: tuple[Server, Path]) ->
 
 
 def test_raw_non_ascii_path_is_refused_by_the_http_parser(served: tuple[Server, Path]) -> None:
-    # Not HTTP/1.1 at all (a request target is ASCII): h11 answers 400 before the app runs,
-    # so this one body is hypercorn's, not ours. What matters: refused, nothing touched.
+    # Not HTTP/1.1 at all (a request target is ASCII): refused before the app runs, in the
+    # contract's body all the same, and nothing touched.
     path = "/api/configs/\uff11\uff11-bb-cc-dd-ee-ff".encode()
     response = _unchanged_after(served, "GET", path, b"", None)
-    assert response.status == 400
+    assert_error_body(response, 400, "MALFORMED_REQUEST")
+
+
+NOT_HTTP = {
+    "nul in a header": (b"X-Note: a\x00b\r\n", 400, "MALFORMED_REQUEST"),
+    "header without a colon": (b"X-Note\r\n", 400, "MALFORMED_REQUEST"),
+    "space before the colon": (b"X-Note : a\r\n", 400, "MALFORMED_REQUEST"),
+    "content-length not a number": (b"Content-Length: 1e3\r\n", 400, "MALFORMED_REQUEST"),
+    "header block over the limit": (
+        b"X-Big: " + b"a" * 100_000 + b"\r\n",
+        431,
+        "HEADERS_TOO_LARGE",
+    ),
+    "unknown transfer coding": (b"Transfer-Encoding: gzip\r\n", 501, "NOT_IMPLEMENTED"),
+}
+
+
+@pytest.mark.parametrize(("header", "status", "code"), NOT_HTTP.values(), ids=NOT_HTTP.keys())
+def test_a_request_that_is_not_http_gets_the_contracts_body(
+    served: tuple[Server, Path], header: bytes, status: int, code: str
+) -> None:
+    server, parent = served
+    before = snapshot(parent)
+    head = f"PUT /api/configs/{MAC} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+    response = raw_bytes(server.port, head + header + b"\r\n" + VALID_BODY)
+    assert_error_body(response, status, code)
+    assert response.headers["connection"] == "close"
+    assert snapshot(parent) == before
 
 
 def test_original_document_survived_every_attack(served: tuple[Server, Path]) -> None:

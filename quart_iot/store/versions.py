@@ -13,6 +13,7 @@ following links: nothing outside the history area is ever touched.
 """
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -33,6 +34,7 @@ _VERSION = re.compile(VERSION_PATTERN)
 _FILE = re.compile(rf"(?P<id>{VERSION_PATTERN})\.(?P<change>created|updated|deleted)\.json")
 SUBJECT_CHARS = 255  # OpenID Connect's limit for `sub`; its JSON fits a link's target
 _SUBJECT = ".subject"
+_SUBJECT_NAME = re.compile(rf"{VERSION_PATTERN}\.subject")
 _MAC_NAME = re.compile(r"[0-9a-f]{2}(?:-[0-9a-f]{2}){5}")
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -78,11 +80,22 @@ class Shelf:
     def __init__(self, fd: int, top: int) -> None:
         self.fd = fd
         self.top = top  # the configs directory
-        # Names sort in time order (fixed-length ids first); parsed only where needed, since
-        # a write needs just the newest and the oldest.
-        names = os.listdir(fd)
-        self.names = sorted(name for name in names if name.endswith(".json"))
-        self.signed = {name.removesuffix(_SUBJECT) for name in names if name.endswith(_SUBJECT)}
+
+    @functools.cached_property
+    def _entries(self) -> list[str]:
+        """What the shelf holds, listed once, when first needed (a cached listing never is)."""
+        return os.listdir(self.fd)
+
+    @functools.cached_property
+    def names(self) -> list[str]:
+        """The versions' file names. They sort in time order (fixed-length ids first); parsed
+        only where needed, since a write needs just the newest and the oldest."""
+        return sorted(name for name in self._entries if name.endswith(".json"))
+
+    @functools.cached_property
+    def signed(self) -> set[str]:
+        """The ids that have a subject."""
+        return {name[:28] for name in self._entries if _SUBJECT_NAME.fullmatch(name)}
 
     @property
     def versions(self) -> list[Version]:
@@ -137,7 +150,7 @@ class Shelf:
         self.signed.add(version.id)
 
     def unsign(self, version_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):  # a directory: not ours
             os.unlink(version_id + _SUBJECT, dir_fd=self.fd)
         self.signed.discard(version_id)
 
