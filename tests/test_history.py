@@ -352,6 +352,7 @@ def shelf_names(configs_dir: Path, mac: str = MAC) -> list[str]:
         ("../../etc/passwd", "../../etc/passwd"),  # a link's target: text, never followed
         ('nul\x00 new\nline ünïcødé 🎉 "q" \\', 'nul\x00 new\nline ünïcødé 🎉 "q" \\'),
         ("🎉" * 300, "🎉" * 255),  # OpenID Connect's limit for `sub`: 255 characters
+        ("lone \ud800 surrogate", "lone ? surrogate"),  # valid JSON, not valid UTF-8
     ],
 )
 async def test_a_subject_is_kept_exactly(

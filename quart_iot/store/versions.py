@@ -145,7 +145,8 @@ class Shelf:
 
     def sign(self, version: Version, subject: str) -> None:
         """Record who makes the version (before it is linked: it never shows without)."""
-        target = json.dumps(subject[:SUBJECT_CHARS])  # ASCII, no NUL: any string fits
+        readable = subject[:SUBJECT_CHARS].encode("utf-8", "replace").decode()  # no lone surrogate
+        target = json.dumps(readable)  # ASCII, no NUL: any string fits a link's target
         os.symlink(target, version.id + _SUBJECT, dir_fd=self.fd)
         self.signed.add(version.id)
 
