@@ -5,6 +5,8 @@ import json
 import logging
 import os
 import stat
+import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -15,7 +17,7 @@ from quart import Quart
 from quart_iot.app import create_app
 from quart_iot.patch import make_patch
 from quart_iot.settings import Settings
-from quart_iot.store import ConfigStore
+from quart_iot.store import ConfigStore, Precondition
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
 
 HISTORY = f"/api/configs/{MAC}/history"
@@ -423,3 +425,32 @@ async def test_retention_takes_the_subjects_with_their_versions(
             break
         await asyncio.sleep(0.1)
     assert not (configs_dir / ".history" / MAC).exists()
+
+
+def test_listing_many_histories_keeps_the_caches_within_their_budget(
+    configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader walking every device's history (a backup script, a hostile client) must not
+    # make the process keep every version it saw: 60 devices x 50 versions here.
+    import quart_iot.store.catalogue
+
+    budget = 64 * 1024  # for each of the two caches: the versions' items, the listings
+    monkeypatch.setattr(quart_iot.store.catalogue, "CACHE_BYTES", budget, raising=False)
+    monkeypatch.setattr(os, "fsync", lambda fd: None)  # about memory, not durability
+    store = ConfigStore(configs_dir, history_max_versions=50)
+    macs = [f"aa-bb-cc-dd-{i >> 8:02x}-{i & 255:02x}" for i in range(60)]
+    for mac in macs:
+        for v in range(50):
+            content = {"deviceName": f"device {mac}", "v": v}
+            store.writer.save(mac, content, Precondition(), time.monotonic() + 5)
+    listed = {mac: store.catalogue.listing(mac) for mac in macs[:2]}  # warm, then measured
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        size = sum(len(store.catalogue.listing(mac)) for mac in macs)
+        kept = tracemalloc.take_snapshot().compare_to(before, "filename")
+    finally:
+        tracemalloc.stop()
+    assert size > 8 * budget  # far more was listed than the caches may keep
+    assert sum(stat.size_diff for stat in kept) < 3 * budget
+    assert store.catalogue.listing(macs[0]) == listed[macs[0]]  # still right after eviction

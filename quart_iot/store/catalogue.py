@@ -4,14 +4,48 @@ import contextlib
 import json
 import os
 import time
-from typing import Any
+from collections import OrderedDict
+from typing import Any, Generic, TypeVar
 
 from quart_iot.errors import ConfigNotFound, ConfigUnreadable, VersionNotFound
 from quart_iot.store.index import RACY_NS
 from quart_iot.store.records import Signature, StoredConfig
 from quart_iot.store.versions import Shelf, Shelves, Version, stored_version
 
-CACHE_SIZE = 100_000
+# What each of the two caches (the versions' items, the rendered listings) may hold: a reader
+# walking every device's history keeps the most recent, not all it saw (about 30,000
+# versions' items, 500 listings of 50 versions).
+CACHE_BYTES = 8 * 1024 * 1024
+ENTRY_BYTES = 200  # what an entry costs beside its bytes: key, signature, links
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BoundedCache(Generic[K, V]):
+    """Least recently used first out, bounded by the bytes of its values."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[K, tuple[V, bytes]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: K, valid: V | None) -> bytes | None:
+        """The value kept for `key` while it was made from `valid` (a signature)."""
+        hit = self._entries.get(key)
+        if hit is None or valid is None or hit[0] != valid:
+            return None
+        self._entries.move_to_end(key)
+        return hit[1]
+
+    def put(self, key: K, made_from: V, value: bytes) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old[1]) + ENTRY_BYTES
+        self._entries[key] = (made_from, value)
+        self._bytes += len(value) + ENTRY_BYTES
+        while self._bytes > CACHE_BYTES and len(self._entries) > 1:
+            _, (_, gone) = self._entries.popitem(last=False)
+            self._bytes -= len(gone) + ENTRY_BYTES
 
 
 class Catalogue:
@@ -21,8 +55,8 @@ class Catalogue:
     def __init__(self, shelves: Shelves) -> None:
         self.shelves = shelves
         self.directory = shelves.directory
-        self._items: dict[tuple[str, str], tuple[Signature, dict[str, Any]]] = {}
-        self._listings: dict[str, tuple[tuple[Signature, Signature | None], bytes]] = {}
+        self._items: BoundedCache[tuple[str, str], Signature] = BoundedCache()
+        self._listings: BoundedCache[str, tuple[Signature, Signature | None]] = BoundedCache()
 
     def listing(self, mac: str) -> bytes:
         """The history body of one device, versions newest first (ConfigNotFound if it never
@@ -60,21 +94,18 @@ class Catalogue:
             last = shelf.newest()
             if last is None:
                 return []
-            item = self._describe(shelf, mac, last)
+            item = json.loads(self._describe(shelf, mac, last))
         deleted_at = last.saved_at if last.change == "deleted" else None
         return [{**item, "deleted_at": deleted_at}]
 
     def _listing(self, shelf: Shelf, mac: str) -> bytes:
         """From the cache while neither the shelf nor the current file changed."""
         key = self._listing_key(shelf, mac)
-        hit = self._listings.get(mac)
-        if hit is not None and key is not None and hit[0] == key:
-            return hit[1]
-        body = _body(mac, [self._describe(shelf, mac, v) for v in reversed(shelf.versions)])
-        if key is not None:
-            if len(self._listings) >= CACHE_SIZE // 10:
-                self._listings.clear()
-            self._listings[mac] = (key, body)
+        body = self._listings.get(mac, key)
+        if body is None:
+            body = _body(mac, [self._describe(shelf, mac, v) for v in reversed(shelf.versions)])
+            if key is not None:
+                self._listings.put(mac, key, body)
         return body
 
     def _listing_key(self, shelf: Shelf, mac: str) -> tuple[Signature, Signature | None] | None:
@@ -90,17 +121,15 @@ class Catalogue:
         newest = max(directory.mtime_ns, signature.ctime_ns if signature else 0)
         return None if now - newest < RACY_NS else (directory, signature)
 
-    def _describe(self, shelf: Shelf, mac: str, version: Version) -> dict[str, Any]:
-        """The listing item of a version (cached by its file's signature)."""
-        signature = Signature.of(shelf.stat(version))
+    def _describe(self, shelf: Shelf, mac: str, version: Version) -> bytes:
+        """The listing item of a version, as JSON (cached by its file's signature)."""
         key = (mac, version.name)
-        hit = self._items.get(key)
-        if hit is not None and hit[0] == signature:
-            return hit[1]
+        item = self._items.get(key, Signature.of(shelf.stat(version)))
+        if item is not None:
+            return item
         signature, data = shelf.read(version, self.directory.max_bytes, mac)
         stored = stored_version(mac, data)
-        item = {
-            **json.loads(stored.summary_json),
+        about = {
             "version": version.id,
             "etag": stored.etag,
             "saved_at": version.saved_at,
@@ -108,12 +137,15 @@ class Catalogue:
             "change": version.change,
             "subject": shelf.subject(version),
         }
-        if len(self._items) >= CACHE_SIZE:
-            self._items.clear()
-        self._items[key] = (signature, item)
+        item = stored.summary_json[:-1] + b"," + _json(about)[1:]  # one object, summary first
+        self._items.put(key, signature, item)
         return item
 
 
-def _body(mac: str, versions: list[dict[str, Any]]) -> bytes:
-    body = {"mac_address": mac, "versions": versions, "count": len(versions)}
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+def _body(mac: str, items: list[bytes]) -> bytes:
+    head = _json({"mac_address": mac})[:-1]
+    return b'%s,"versions":[%s],"count":%d}' % (head, b",".join(items), len(items))
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
