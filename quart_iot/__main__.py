@@ -6,13 +6,14 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from typing import cast
 
 from hypercorn.asyncio import serve
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 from quart import Quart
 
 from quart_iot import protocolerrors
@@ -26,8 +27,29 @@ from quart_iot.waiting import PEERS_ENV
 log = logging.getLogger("quart_iot")
 
 
+class ServerConfig(Config):
+    """hypercorn's Config, whose listening sockets give up on a client that stops taking its
+    answer: with unsent data and no progress for `send_timeout` seconds (a window left at zero,
+    or no acknowledgement at all), the kernel aborts the connection (TCP_USER_TIMEOUT, which
+    each accepted socket inherits; Linux). nginx's `send_timeout` does the same in user space.
+    Without it a client that asks and never reads held its connection, and what was not yet
+    sent of the answer, for ever."""
+
+    send_timeout: float | None = None
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if self.send_timeout is not None and option is not None:
+            for sock in sockets.insecure_sockets:
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(socket.IPPROTO_TCP, option, int(self.send_timeout * 1000))
+        return sockets
+
+
 def hypercorn_config(settings: Settings) -> Config:
-    config = Config()
+    config = ServerConfig()
+    config.send_timeout = settings.send_timeout
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_timeout

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(default=10.0, ge=0)
     allowed_hosts: Annotated[list[str], NoDecode] = []
     body_timeout: float = Field(default=10.0, gt=0)
+    # A client that takes none of its answer for this long is disconnected (quart_iot/__main__.py).
+    send_timeout: float = Field(default=60.0, ge=0.001, le=3600)
     # Long polls (`Prefer: wait=n`) wait at most this long; 0 turns waiting off.
     max_wait_seconds: int = Field(default=60, ge=0, le=3600)
     events_heartbeat_seconds: float = Field(default=15.0, gt=0, le=3600)

@@ -48,6 +48,7 @@ MALFORMED = {
         '[""]',
     ],
     "BODY_TIMEOUT": ["0", "-5", "ten"],
+    "SEND_TIMEOUT": ["0", "-1", "a minute", "3601"],
     "MAX_WAIT_SECONDS": ["-1", "1.5", "forever", "3601"],
     "EVENTS_HEARTBEAT_SECONDS": ["0", "-1", "often"],
     "WORKERS": ["0", "two", "65"],

@@ -1,11 +1,14 @@
-"""Slow clients: a body trickled in is cut after BODY_TIMEOUT with the JSON 408."""
+"""Slow clients: a body trickled in is cut after BODY_TIMEOUT with the JSON 408; a client that
+stops reading its answer is cut after SEND_TIMEOUT."""
 
 import contextlib
+import json
 import socket
+import time
 from pathlib import Path
 
 from tests.conftest import MAC
-from tests.harness import assert_error_body, read_response
+from tests.harness import assert_error_body, raw_request, read_response
 from tests.server import running_server
 
 BODY = b'{"content": {"deviceName": "' + b"x" * 80 + b'"}}'
@@ -47,3 +50,57 @@ def test_a_slow_body_that_arrives_within_the_timeout_is_saved(configs_dir: Path)
         response = read_response(s)
     assert response.status == 200
     assert (configs_dir / f"{MAC}.json").exists()
+
+
+def big_document(configs_dir: Path) -> int:
+    """A 900 KB document, far more than the socket buffers hold with a small receive window."""
+    data = json.dumps({"deviceName": "big", "pad": ["y" * 1000] * 900}).encode()
+    (configs_dir / f"{MAC}.json").write_bytes(data)
+    return len(data)
+
+
+def ask_for_it(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window that fills at once
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET /api/configs/{MAC}.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return sock
+
+
+def read_until_closed(sock: socket.socket, pause: float = 0.0) -> tuple[int, bool]:
+    """(bytes received, whether the server cut the connection) once it ends or goes quiet."""
+    received = 0
+    sock.settimeout(5)
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return received, True
+        except TimeoutError:
+            return received, False
+        if not chunk:
+            return received, True
+        received += len(chunk)
+        time.sleep(pause)
+
+
+def test_a_client_that_stops_reading_is_cut_after_send_timeout(configs_dir: Path) -> None:
+    # A client that asks and never reads would hold its connection, and the answer not yet
+    # sent, for ever: the kernel aborts the connection once it made no progress for
+    # SEND_TIMEOUT seconds (TCP_USER_TIMEOUT, inherited from the listening socket).
+    size = big_document(configs_dir)
+    with running_server(configs_dir, SEND_TIMEOUT="1") as server:
+        with ask_for_it(server.port) as sock:
+            time.sleep(4)  # reads nothing
+            received, cut = read_until_closed(sock)
+        assert cut
+        assert received < size
+        healthy = raw_request(server.port, "GET", b"/api/health/live", b"", None)
+        assert healthy.status == 200
+
+
+def test_a_client_that_reads_slowly_but_steadily_gets_it_all(configs_dir: Path) -> None:
+    size = big_document(configs_dir)
+    with running_server(configs_dir, SEND_TIMEOUT="1") as server, ask_for_it(server.port) as s:
+        received, _ = read_until_closed(s, pause=0.01)  # never a second without progress
+    assert received > size
