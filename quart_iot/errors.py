@@ -158,6 +158,19 @@ class ShuttingDown(ApiError):
         super().__init__(message)
 
 
+class TooManyWaiters(ApiError):
+    """MAX_WAITERS requests are held open already: this one may not wait."""
+
+    status, code = 503, "TOO_MANY_WAITERS"
+    headers = {"Retry-After": "5"}  # noqa: RUF012 - a held request ends within MAX_WAIT_SECONDS
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"This server holds {limit} waiting requests already (MAX_WAITERS); retry later, "
+            "or read without waiting"
+        )
+
+
 class WriteOutlived(ShuttingDown):
     def __init__(self) -> None:
         super().__init__(

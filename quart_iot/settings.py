@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     send_timeout: float = Field(default=60.0, ge=0.001, le=3600)
     # Long polls (`Prefer: wait=n`) wait at most this long; 0 turns waiting off.
     max_wait_seconds: int = Field(default=60, ge=0, le=3600)
+    # Requests held open at once (long polls and event streams together), per process.
+    max_waiters: int = Field(default=10_000, ge=1, le=1_000_000)
     events_heartbeat_seconds: float = Field(default=15.0, gt=0, le=3600)
     workers: int = Field(default=1, ge=1, le=64)
 

@@ -26,7 +26,7 @@ from typing import cast
 from aioprometheus.collectors import Gauge
 from quart import Quart, Response, current_app, request
 
-from quart_iot.errors import ApiError
+from quart_iot.errors import ApiError, TooManyWaiters
 from quart_iot.settings import Settings
 from quart_iot.shutdown import GracefulStop
 from quart_iot.store import ConfigStore, canonical_mac
@@ -68,6 +68,8 @@ class Waiting:
 
     def __init__(self, settings: Settings) -> None:
         self.max_wait = settings.max_wait_seconds
+        self.max_waiters = settings.max_waiters
+        self._held = 0  # long polls and event streams held open now
         self.heartbeat = settings.events_heartbeat_seconds
         self.stopping = False
         self.epoch = secrets.token_hex(4)  # event ids are unique to this process
@@ -97,7 +99,13 @@ class Waiting:
         return sum(len(waiters) for waiters in self._waiters.values())
 
     def _count(self, kind: str, step: int) -> None:
+        self._held += step
         self._gauge.add({"kind": kind}, step)
+
+    def _room(self) -> None:
+        """TooManyWaiters when MAX_WAITERS requests are held already."""
+        if self._held >= self.max_waiters:
+            raise TooManyWaiters(self.max_waiters)
 
     # -- long polls ---------------------------------------------------------------------------
 
@@ -115,6 +123,7 @@ class Waiting:
             yield None
             return
         mac = canonical_mac(mac)
+        self._room()
         waiter = Waiter(asyncio.get_running_loop().create_future())
         self._waiters.setdefault(mac, set()).add(waiter)
         self._count("long_poll", 1)
@@ -142,6 +151,7 @@ class Waiting:
     def stream(self, last_event_id: str | None) -> AsyncIterator[bytes]:
         """The event stream from now, or from `last_event_id` when the buffer still has it."""
         start = self._resume_point(last_event_id) if last_event_id is not None else self._seq
+        self._room()  # counted from its first chunk (a stream never started ends nothing)
         return self._events(start)
 
     async def _events(self, seq: int | None) -> AsyncIterator[bytes]:

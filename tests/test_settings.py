@@ -50,6 +50,7 @@ MALFORMED = {
     "BODY_TIMEOUT": ["0", "-5", "ten"],
     "SEND_TIMEOUT": ["0", "-1", "a minute", "3601"],
     "MAX_WAIT_SECONDS": ["-1", "1.5", "forever", "3601"],
+    "MAX_WAITERS": ["0", "-1", "many", "1000001"],
     "EVENTS_HEARTBEAT_SECONDS": ["0", "-1", "often"],
     "WORKERS": ["0", "two", "65"],
     "MQTT_URL": ["http://broker", "mqtt://broker:99999", "mqtt:///no-host"],

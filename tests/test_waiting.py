@@ -278,3 +278,32 @@ async def test_two_workers_wake_each_others_waiters(tmp_path: Path) -> None:
 )
 def test_prefer_wait_is_read_as_rfc_7240_says(values: list[str], seconds: int) -> None:
     assert preferred_wait(values) == seconds
+
+
+async def test_past_max_waiters_a_wait_is_refused_503_and_a_plain_read_still_served(
+    tmp_path: Path,
+) -> None:
+    # Each held request costs about 35 KB (PERFORMANCE.md): MAX_WAITERS bounds how many a
+    # client can make the process hold, long polls and event streams together.
+    with running_server(tmp_path, **WAIT_ENV, MAX_WAITERS="2") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=40) as http:
+            mac = mac_for("max waiters")
+            etag = await put(http, mac, {"v": 1})
+            first = long_poll(http, mac, etag)
+            async with events(http) as stream:
+                await next_event(stream, skip_comments=False)
+                await held(http, 1)
+                await held(http, 1, "events")
+                refused = await asyncio.wait_for(long_poll(http, mac, etag), 10)
+                assert refused.status_code == 503
+                assert refused.json()["code"] == "TOO_MANY_WAITERS"
+                assert int(refused.headers["Retry-After"]) >= 1
+                another = await asyncio.wait_for(http.get("/api/configs/events"), 10)
+                assert another.status_code == 503
+                assert another.json()["code"] == "TOO_MANY_WAITERS"
+                plain = await http.get(f"/api/configs/{mac}.json", headers={"If-None-Match": etag})
+                assert plain.status_code == 304  # a read that does not wait is never refused
+            second = long_poll(http, mac, etag)  # the stream ended: room for one again
+            await held(http, 2)
+            await put(http, mac, {"v": 2})
+            assert [(await poll).status_code for poll in (first, second)] == [200, 200]
