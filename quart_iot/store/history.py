@@ -28,7 +28,7 @@ class History:
 
     @property
     def enabled(self) -> bool:
-        return self.retention.max_versions > 0
+        return self.retention.enabled
 
     @contextlib.contextmanager
     def shelf(self, mac: str) -> Iterator[Shelf]:

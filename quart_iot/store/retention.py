@@ -25,6 +25,11 @@ class Retention:
         self._pending: set[str] = set()  # devices a write took past a limit: prune soon
         self._lock = threading.Lock()
 
+    @property
+    def enabled(self) -> bool:
+        """Whether history is on: whether writes keep versions, and retention has work."""
+        return self.max_versions > 0
+
     def past_limit(self, shelf: Shelf) -> bool:
         """Whether the shelf holds a version that retention removes."""
         oldest = shelf.oldest()

@@ -87,7 +87,7 @@ class Sweeper:
 
     def prune(self) -> None:
         """Retention for the devices that need it, each under the write lock."""
-        if self.retention.max_versions <= 0:
+        if not self.retention.enabled:
             return
         for mac in self.retention.take_pending():
             now = time.time_ns()
