@@ -103,7 +103,7 @@ class Waiting:
         self._gauge.add({"kind": kind}, step)
 
     def _room(self) -> None:
-        """TooManyWaiters when MAX_WAITERS requests are held already."""
+        """TooManyWaiters when MAX_WAITERS requests are held already (an event stream)."""
         if self._held >= self.max_waiters:
             raise TooManyWaiters(self.max_waiters)
 
@@ -118,12 +118,12 @@ class Waiting:
     @contextlib.contextmanager
     def watching(self, mac: str, seconds: int) -> Iterator[Waiter | None]:
         """A waiter for `mac` when the request may wait, registered before the route reads
-        the ETag, so that no change is missed between that read and the wait."""
-        if not seconds:
+        the ETag, so that no change is missed between that read and the wait. None when it
+        may not wait, or when MAX_WAITERS are held (`changed` then refuses the wait)."""
+        if not seconds or self._held >= self.max_waiters:
             yield None
             return
         mac = canonical_mac(mac)
-        self._room()
         waiter = Waiter(asyncio.get_running_loop().create_future())
         self._waiters.setdefault(mac, set()).add(waiter)
         self._count("long_poll", 1)
@@ -137,8 +137,11 @@ class Waiting:
                 if not waiters:
                     del self._waiters[mac]
 
-    async def changed(self, waiter: Waiter, etag: str, seconds: int) -> bool:
-        """Wait up to `seconds` for the document to leave `etag`: whether it did."""
+    async def changed(self, waiter: Waiter | None, etag: str, seconds: int) -> bool:
+        """Wait up to `seconds` for the document to leave `etag`: whether it did.
+        TooManyWaiters when `watching` found no room for the wait."""
+        if waiter is None:
+            raise TooManyWaiters(self.max_waiters)
         waiter.etag = etag
         if waiter.future.done():  # a change arrived while the route read the ETag
             return not self.stopping

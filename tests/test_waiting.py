@@ -298,6 +298,8 @@ async def test_past_max_waiters_a_wait_is_refused_503_and_a_plain_read_still_ser
                 assert refused.status_code == 503
                 assert refused.json()["code"] == "TOO_MANY_WAITERS"
                 assert int(refused.headers["Retry-After"]) >= 1
+                stale = await asyncio.wait_for(long_poll(http, mac, '"older"'), 10)
+                assert stale.status_code == 200  # it would not have waited: answered at once
                 another = await asyncio.wait_for(http.get("/api/configs/events"), 10)
                 assert another.status_code == 503
                 assert another.json()["code"] == "TOO_MANY_WAITERS"

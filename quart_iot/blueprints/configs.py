@@ -94,8 +94,8 @@ async def get_device_config(mac_address: str) -> Response:
             ):
                 raise PreconditionFailed(mac_address.lower(), "If-Match")
             if etag and request.if_none_match.contains_weak(etag):
-                if waiter is None or not await waiting.changed(waiter, etag, seconds):
-                    return preference_applied(not_modified(etag), seconds if waiter else 0)
+                if not seconds or not await waiting.changed(waiter, etag, seconds):
+                    return preference_applied(not_modified(etag), seconds)
                 waited = seconds
         stored = await get_after_wait(mac_address, waited)
     return preference_applied(device_response(stored.raw, stored.etag), waited)
