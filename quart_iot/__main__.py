@@ -16,7 +16,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config, Sockets
 from quart import Quart
 
-from quart_iot import protocolerrors
+from quart_iot import http1
 from quart_iot.app import create_app
 from quart_iot.correlation import HEADER
 from quart_iot.settings import Settings, SettingsError, load_settings
@@ -137,7 +137,7 @@ def main() -> int:
     raise_open_file_limit()
     if settings.workers > 1 and PEERS_ENV not in os.environ:
         return run_workers(settings)
-    protocolerrors.install()  # hypercorn's own 400/431/501 in the contract's JSON body
+    http1.install()  # HTTP/1.1 only; hypercorn's own 400/431/501 in the contract's JSON body
     app = create_app(settings)
     config = hypercorn_config(settings)
     if settings.workers > 1:

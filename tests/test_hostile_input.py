@@ -277,3 +277,35 @@ def test_original_document_survived_every_attack(served: tuple[Server, Path]) ->
     response = raw_request(server.port, "GET", f"/api/configs/{MAC}".encode())
     assert response.status == 200
     assert response.json()["content"] == {"deviceName": "original"}
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def test_http2_prior_knowledge_is_answered_in_http1_and_closed(
+    served: tuple[Server, Path],
+) -> None:
+    # HTTP/2 would let a client hold a stream for ever by never opening its flow-control
+    # window (no TCP data left unsent for SEND_TIMEOUT to see): the server speaks HTTP/1.1
+    # only. The preface parses as an HTTP/1.1 request and is refused as such; the frames
+    # after it are not HTTP/1.1, and the connection closes.
+    server, parent = served
+    before = snapshot(parent)
+    response = raw_bytes(server.port, H2_PREFACE + H2_SETTINGS_FRAME)
+    assert response.status in (400, 404)
+    assert response.headers["content-type"] == "application/json"
+    assert response.body.startswith(b'{"error":')
+    assert snapshot(parent) == before
+
+
+def test_an_h2c_upgrade_is_ignored(served: tuple[Server, Path]) -> None:
+    server, _ = served
+    request = (
+        b"GET /api/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Connection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    )
+    response = raw_bytes(server.port, request)
+    assert response.status == 200  # not 101 Switching Protocols
+    assert response.json() == {"status": "alive"}
