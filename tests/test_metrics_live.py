@@ -134,8 +134,10 @@ def test_storage_time_leaves_out_a_slow_client(server: Server) -> None:
         sock.sendall(body)
         assert sock.recv(12).startswith(b"HTTP/1.1 200")
     storage, http = storage_and_http_seconds(server, "save_config", "PUT")
-    assert http >= SLOW
-    assert storage < SLOW
+    # The server's clock starts once it has parsed the head, a little after the client's sleep
+    # began (0.99965 s against a 1 s sleep failed once in CI): most of the sleep, not all.
+    assert http >= 0.9 * SLOW
+    assert storage < 0.5 * SLOW
 
 
 def test_storage_time_counts_waiting_for_another_writer(server: Server) -> None:
