@@ -93,9 +93,8 @@ async def held_count(server: BenchServer) -> float:
     return 0.0
 
 
-async def hold(server: BenchServer, waiters: int, per_device: int) -> list[Poller]:
-    """Open the long polls and return once the server holds them all."""
-    devices = waiters // per_device
+async def start_polls(server: BenchServer, waiters: int, devices: int) -> list[Poller]:
+    """Start `waiters` long polls spread over the first `devices` devices, each with its ETag."""
     etags = {}
     for index in range(devices):
         _, headers = await asyncio.to_thread(server.fetch, f"/api/configs/{mac_of(index)}.json")
@@ -106,6 +105,12 @@ async def hold(server: BenchServer, waiters: int, per_device: int) -> list[Polle
     ]
     for poller in pollers:
         poller.task = asyncio.create_task(poller.run(connected))
+    return pollers
+
+
+async def hold(server: BenchServer, waiters: int, per_device: int) -> list[Poller]:
+    """Open the long polls and return once the server holds them all."""
+    pollers = await start_polls(server, waiters, waiters // per_device)
     while await held_count(server) < waiters:
         await asyncio.sleep(0.5)
     return pollers
@@ -170,17 +175,7 @@ async def cross_worker_wake_ups(args: argparse.Namespace, directory: Path) -> di
     with BenchServer(
         directory, WORK / "workers-wake.log", {**SERVER_ENV, "WORKERS": "2"}
     ) as server:
-        devices = 40
-        etags = {}
-        for index in range(devices):
-            _, headers = await asyncio.to_thread(server.fetch, f"/api/configs/{mac_of(index)}.json")
-            etags[mac_of(index)] = headers["etag"].strip('"')
-        connected = asyncio.Semaphore(200)
-        pollers = [
-            Poller(server.port, mac_of(n % devices), etags[mac_of(n % devices)]) for n in range(400)
-        ]
-        for poller in pollers:
-            poller.task = asyncio.create_task(poller.run(connected))
+        pollers = await start_polls(server, 400, devices=40)
         await asyncio.sleep(5)  # the gauge is per worker: give every poll time to be held
         ordered = sorted(await wake_ups(server, pollers, 100))
         for poller in pollers:
