@@ -1,0 +1,124 @@
+"""The store interface: what every store implementation (the directory, PostgreSQL) provides.
+
+Routes, waiting, history, notifications and metrics speak to `ConfigStore`, the extension; it
+speaks to one `Backend`. What is the same for every store lives in the extension (MACs made
+canonical, the gate that refuses writes while stopping, writes that finish whatever the
+client does, the write events that the audit, MQTT and waiting hear); what differs lives in
+the backend. The same behaviour tests run against every backend.
+
+Values every backend shares are in `records.py` (StoredConfig, Precondition).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from quart_iot.documents import Document
+from quart_iot.models import StorageState
+from quart_iot.store.records import Precondition, StoredConfig
+
+
+@dataclass(frozen=True, slots=True)
+class WriteMeta:
+    """What a write records beside the document: who made it, and the bulk change it is part
+    of (issue 21). Both are kept with the history version the write makes."""
+
+    subject: str | None = None  # "sub:alice", "client_id:robot"; None with access control off
+    change_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """The outcome of a save."""
+
+    stored: StoredConfig
+    etag_before: str | None  # decided with the write (under its lock or in its transaction)
+    version: str | None  # the history version this save made (None: history off, unchanged)
+    unchanged: bool = False  # the stored bytes equal the current ones: nothing new was kept
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """The outcome of a delete."""
+
+    mac: str
+    etag_before: str
+    version: str | None  # the `deleted` history version (None: history off)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A document changed, by any writer: this process, another process or replica, a hand
+    edit. `id` is the event stream's id: ordered, unique within what `changes_after` knows."""
+
+    id: str
+    mac: str
+    etag: str | None  # None: the document is gone (or no longer usable)
+
+
+class ChangeSink(Protocol):
+    """Who hears the store's changes (the waiting extension), on the event loop."""
+
+    def changed(self, change: Change) -> None:
+        """One change; must not block."""
+
+    def missed(self) -> None:
+        """Changes may have been missed (a lost connection to the database, say): event
+        streams must `reset`, long polls must check their document again."""
+
+
+class Backend(Protocol):
+    """One store implementation. MACs and version ids arrive canonical and checked. Errors are
+    ApiErrors (quart_iot.errors): ConfigNotFound, PreconditionFailed, ConfigExists,
+    StorageUnavailable, WritesBlocked..."""
+
+    async def start(self, sink: ChangeSink) -> None:
+        """Begin serving (connect, migrate, start background work); changes go to `sink`."""
+
+    async def stop(self) -> None:
+        """End background work and release connections and threads."""
+
+    async def health(self) -> tuple[StorageState, str | None]:
+        """(the storage state, the reason when it is unavailable)."""
+
+    # -- documents ---------------------------------------------------------------------------
+
+    async def list_json(self) -> bytes:
+        """The list body, `{"configs": [...], "count": n}`, sorted by MAC, as of now."""
+
+    async def count(self) -> int:
+        """How many usable documents there are now."""
+
+    async def get(self, mac: str) -> StoredConfig:
+        """One device's stored document, as of now (read-your-writes on every replica)."""
+
+    async def current_etag(self, mac: str) -> str:
+        """One device's ETag, cheaper than `get` where the backend can."""
+
+    async def save(
+        self, mac: str, content: Document, precondition: Precondition, meta: WriteMeta
+    ) -> Saved:
+        """Create or replace atomically and durably; the precondition decided inside the write."""
+
+    async def delete(self, mac: str, precondition: Precondition, meta: WriteMeta) -> Deleted:
+        """Remove atomically; the history keeps a `deleted` version."""
+
+    # -- history -----------------------------------------------------------------------------
+
+    async def versions_json(self, mac: str, limit: int, before: str | None) -> bytes:
+        """One page of a device's kept versions, newest first, older than version `before`."""
+
+    async def version(self, mac: str, version: str) -> StoredConfig:
+        """One kept version."""
+
+    async def deleted(self) -> list[dict[str, Any]]:
+        """Devices whose document is gone but whose history remains."""
+
+    # -- the change feed ---------------------------------------------------------------------
+
+    async def changes_after(self, change_id: str) -> list[Change] | None:
+        """The changes after `change_id`, oldest first, when the backend still knows them all;
+        None when it cannot tell (too old, another epoch): the event stream sends `reset`."""
+
+
+ChangeListener = Callable[[Change], None]
