@@ -7,7 +7,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,21 @@ class SigningKey:
         self.jwk: dict[str, Any] = {**jwk, "kid": kid, "alg": "RS256", "use": "sig"}
 
     def sign(self, claims: dict[str, Any], **header: Any) -> str:
-        return jwt.encode(claims, self.private, "RS256", headers={"kid": self.kid, **header})
+        """An RFC 9068 access token (`typ: at+jwt`) unless `header` says otherwise."""
+        headers = {"kid": self.kid, "typ": "at+jwt", **header}
+        return jwt.encode(claims, self.private, "RS256", headers=headers)
+
+    def sign_raw(self, header: Any, claims: Any) -> str:
+        """Any JSON (or bytes) as header and payload, signed RS256: what PyJWT will not make."""
+        parts = [
+            part if isinstance(part, bytes) else json.dumps(part).encode()
+            for part in (header, claims)
+        ]
+        signing_input = ".".join(b64(part) for part in parts).encode()
+        signature = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256).sign(
+            signing_input, self.private
+        )
+        return f"{signing_input.decode()}.{b64(signature)}"
 
     def public_pem(self) -> bytes:
         from cryptography.hazmat.primitives import serialization
@@ -129,3 +145,40 @@ def unverified_kid(token: str) -> str:
 
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class StaticIssuer:
+    """An issuer that misbehaves: a loopback HTTP server answering each path with fixed bytes
+    (`routes`, filled by the test; `{url}` in a body becomes the server's own URL)."""
+
+    def __init__(self) -> None:
+        routes: dict[str, tuple[int, bytes]] = {}
+        self.routes = routes
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = routes.get(self.path, (404, b"{}"))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def serve(self, path: str, body: Any, status: int = 200) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.routes[path] = (status, data.replace(b"{url}", self.url.encode()))
+
+    def __enter__(self) -> "StaticIssuer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
