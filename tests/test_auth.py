@@ -383,15 +383,15 @@ FORGED: dict[str, tuple[Forge, str]] = {
         lambda k, p: _header(k, p, crit=[f"x\n{FORGED_LINE}\r\n"]),
         "critical header",
     ),
-    "b64 false without crit": (lambda k, p: _header(k, p, b64=False), "token is invalid"),
+    "b64 false without crit": (lambda k, p: _header(k, p, b64=False), "not a well-formed JWT"),
     "alg null": (lambda k, p: _header(k, p, alg=None), "algorithm is not accepted"),
     "alg a list": (lambda k, p: _header(k, p, alg=["RS256"]), "algorithm is not accepted"),
     "no alg": (lambda k, p: _header(k, p, alg=...), "algorithm is not accepted"),
     "typ a number": (lambda k, p: _header(k, p, typ=5), "not a well-formed JWT"),
     "header a list": (lambda k, p: k.sign_raw(["RS256"], _claims(p)), "not a well-formed JWT"),
     "header not JSON": (lambda k, p: k.sign_raw(b"{alg", _claims(p)), "not a well-formed JWT"),
-    "header nested 5000 deep": (
-        lambda k, p: k.sign_raw(_nested(2500), _claims(p)),
+    "header nested 1500 deep": (
+        lambda k, p: k.sign_raw(_nested(1500), _claims(p)),
         "not a well-formed JWT",
     ),
     # Item 6: token shapes. An ID token (or any JWT not typed at+jwt) is not an access token.
@@ -423,13 +423,13 @@ FORGED: dict[str, tuple[Forge, str]] = {
     "exp 10**30": (lambda k, p: k.sign(_claims(p, exp=10**30)), "exp is not a number"),
     "nbf a string": (lambda k, p: k.sign(_claims(p, nbf="yesterday")), "nbf is not a number"),
     "iat a numeric string": (lambda k, p: k.sign(_claims(p, iat="1")), "iat is not a number"),
-    "payload nested 5000 deep": (
-        lambda k, p: k.sign_raw({"alg": "RS256", "kid": k.kid, "typ": "at+jwt"}, _nested(2500)),
+    "payload nested 1500 deep": (
+        lambda k, p: k.sign_raw({"alg": "RS256", "kid": k.kid, "typ": "at+jwt"}, _nested(1500)),
         "not a well-formed JWT",
     ),
     "payload a list": (
         lambda k, p: k.sign_raw({"alg": "RS256", "kid": k.kid, "typ": "at+jwt"}, [1]),
-        "access token is invalid",
+        "not a well-formed JWT",
     ),
 }
 
@@ -597,6 +597,33 @@ async def test_plain_jwt_access_tokens_only_when_allowed_and_never_an_id_token(
                     "/api/configs", headers={"Authorization": f"Bearer {token}"}
                 )
                 assert response.status_code == (200 if token in accepted else 401), allow
+
+
+@pytest.mark.parametrize("plain_jwt", [False, True])
+async def test_an_id_token_from_a_real_login_is_not_an_access_token(
+    configs_dir: Path, provider: Provider, plain_jwt: bool
+) -> None:
+    """A person logs in (authorization code): the app gets an ID token beside its access
+    token. With an audience equal to the client id (the old Authentik recipe), main accepted
+    that ID token as an access token, and its roles let it write."""
+    settings = oidc_settings(provider.issuer, configs_dir, oidc_allow_plain_jwt=plain_jwt)
+    app = create_app(settings.model_copy(update={"oidc_audience": "spa"}))
+    for nonce in ("n-0S6_WzA2Mj", None):
+        id_token = (await asyncio.to_thread(provider.login, "spa", nonce))["id_token"]
+        async with app.test_app():
+            response = await app.test_client().put(
+                f"/api/configs/{MAC}",
+                json={"content": {"deviceName": "by an ID token"}},
+                headers={"Authorization": f"Bearer {id_token}"},
+            )
+        assert response.status_code == 401
+        error = (await response.get_json())["error"]
+        assert error == (
+            "The token is an ID token, not an access token"
+            if plain_jwt
+            else "The token is not a JWT access token (at+jwt)"
+        )
+    assert not (configs_dir / f"{MAC}.json").exists()
 
 
 async def test_unknown_keys_refresh_at_most_once_per_interval(provider: Provider) -> None:

@@ -29,6 +29,7 @@ TIME_CLAIMS = ("exp", "nbf", "iat")
 LATEST_TIME = 1e11  # seconds since the epoch (year 5138): a bound a float holds exactly
 # What each refusal tells the client (and its metric reason); never the token itself.
 _INVALID = {
+    jwt.DecodeError: ("malformed", "The access token is not a well-formed JWT"),
     jwt.InvalidIssuerError: ("wrong_issuer", "The access token is from another issuer"),
     jwt.InvalidAudienceError: ("wrong_audience", "The access token is for another audience"),
     jwt.MissingRequiredClaimError: ("missing_claim", "The access token lacks a required claim"),
@@ -159,8 +160,6 @@ class TokenVerifier:
                     "verify_iat": False,
                 },
             )
-        except jwt.PyJWTError as error:
+        except jwt.PyJWTError as error:  # a payload that is not JSON (or nested too deep) too
             reason, message = _INVALID.get(type(error), ("invalid", "The access token is invalid"))
             raise InvalidToken(reason, message) from None
-        except (ValueError, RecursionError):  # a payload nested deeper than json can parse
-            raise malformed() from None
