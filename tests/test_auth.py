@@ -729,13 +729,19 @@ async def test_every_issuer_failure_is_a_401_and_one_warning(
     ],
 )
 def test_an_http_issuer_beyond_loopback_needs_an_explicit_setting(
-    tmp_path: Path, issuer: str, allowed: bool, starts: bool
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, issuer: str, allowed: bool, starts: bool
 ) -> None:
     def make() -> Settings:
         return oidc_settings(issuer, tmp_path, oidc_allow_http_issuer=allowed)
 
     if starts:
         assert make().oidc_issuer == issuer
+        with caplog.at_level(logging.WARNING, logger="quart_iot.oidc"):
+            create_app(make())
+        warned = [
+            r.getMessage() for r in caplog.records if "OIDC_ALLOW_HTTP_ISSUER" in r.getMessage()
+        ]
+        assert len(warned) == allowed  # one warning when plain http is allowed, else none
     else:
         with pytest.raises(ValueError, match="OIDC_ALLOW_HTTP_ISSUER"):
             make()

@@ -1,6 +1,7 @@
 """AccessControl: OpenID Connect bearer tokens (JWT access tokens) for people and devices."""
 
 import logging
+from urllib.parse import urlsplit
 
 from aioprometheus.collectors import Counter
 from quart import Quart, Response, current_app, g, jsonify, request
@@ -8,6 +9,7 @@ from quart_schema import document_response
 
 from quart_iot.apidocs import document_errors
 from quart_iot.errors import ApiError
+from quart_iot.metrics import Metrics
 from quart_iot.oidc.audit import audit_line, audit_log, audit_subject
 from quart_iot.oidc.errors import Forbidden, InvalidRequest, InvalidToken, Unauthorized
 from quart_iot.oidc.identity import Identity, subject_of
@@ -55,7 +57,10 @@ class AccessControl:
         self.verifier = TokenVerifier(self.settings, KeySet(self.settings, self._count_fetch))
         self.policy = Policy(self.settings)
         self.tickets = StreamTickets(self.settings.secret_key)
-        registry = app.extensions["metrics"].registry
+        self._warn_if_plain_http()
+        metrics = app.extensions["metrics"]
+        assert isinstance(metrics, Metrics)
+        registry = metrics.registry
         self.decisions = Counter(
             "iot_auth_decisions_total", "Access decisions by result and reason.", registry=registry
         )
@@ -66,6 +71,15 @@ class AccessControl:
         app.after_request(self._audit)
         app.add_url_rule(TICKETS_PATH, TICKETS_ENDPOINT, self.issue_ticket, methods=["POST"])
         document_bearer(app)
+
+    def _warn_if_plain_http(self) -> None:
+        issuer = urlsplit(self.settings.oidc_issuer)
+        if issuer.scheme == "http" and not is_loopback(issuer.hostname or ""):
+            log.warning(
+                "OIDC_ISSUER is http:// (OIDC_ALLOW_HTTP_ISSUER): whoever can change the traffic "
+                "to %s can hand this service their own signing keys",
+                issuer.hostname,
+            )
 
     def _warn_if_open(self) -> None:
         host = self.settings.host
