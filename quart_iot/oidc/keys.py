@@ -104,8 +104,6 @@ class KeySet:
                 self.keys = await self._fetch(c)
         except Exception as error:  # any failure of the issuer: one warning, then 401s
             # Cached keys stay in use; a token with an unknown key gets a 401.
-            while isinstance(error, ExceptionGroup) and error.exceptions:
-                error = error.exceptions[0]  # httpx's task group: the failure inside it
             log.warning(
                 "could not refresh the OIDC signing keys of %s: %s: %.200s",
                 self.issuer,
