@@ -14,9 +14,11 @@ No module imports one that imports it back: `extension` imports the others, `ver
 imports `keys`, and every module may import `errors`.
 """
 
+from quart_iot.oidc.audit import audit_line, audit_subject
 from quart_iot.oidc.extension import (
     AccessControl,
     current_access_control,
+    current_audit_subject,
     current_identity,
     request_subject,
     token_expiry,
@@ -27,7 +29,10 @@ from quart_iot.oidc.identity import Identity
 __all__ = [
     "AccessControl",
     "Identity",
+    "audit_line",
+    "audit_subject",
     "current_access_control",
+    "current_audit_subject",
     "current_identity",
     "request_subject",
     "token_expiry",

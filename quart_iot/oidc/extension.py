@@ -150,13 +150,12 @@ class AccessControl:
         if request.method == "DELETE" and response.status_code == 204:
             after = None
         target = (request.view_args or {}).get("mac_address", request.path)
-        claims = g.get("auth_claims") or {}
         line = audit_line(
             request.method,
             str(target),
             response.status_code,
             result,
-            audit_subject(claims),
+            current_audit_subject(),
             before,
             after,
         )
@@ -212,6 +211,12 @@ def request_subject() -> str | None:
     """The subject of the current request (`sub:alice`), None when anonymous."""
     identity = current_identity()
     return identity.subject if identity is not None else None
+
+
+def current_audit_subject() -> str:
+    """Who makes the current request, as the audit line names them
+    (`sub:alice client_id:spa preferred_username:alice`; `anonymous` without a token)."""
+    return audit_subject(g.get("auth_claims") or {})
 
 
 def writer_subject() -> str | None:
