@@ -105,7 +105,13 @@ def run_workers(settings: Settings) -> int:
     workers = []
     try:
         for index in range(settings.workers):
-            env = {**os.environ, PEERS_ENV: f"{peers}:{index}:{settings.workers}"}
+            # One SECRET_KEY for all (a random one when unset): a stream ticket that one
+            # worker issued is accepted by the others (quart_iot/oidc/tickets.py).
+            env = {
+                **os.environ,
+                PEERS_ENV: f"{peers}:{index}:{settings.workers}",
+                "SECRET_KEY": settings.secret_key,
+            }
             workers.append(subprocess.Popen([sys.executable, "-m", "quart_iot"], env=env))
         return supervise(workers)
     finally:

@@ -6,7 +6,6 @@ from quart import Quart
 from quart_cors import cors
 
 from quart_iot.apidocs import ApiDocs
-from quart_iot.auth import AccessControl
 from quart_iot.blueprints import configs, health, history
 from quart_iot.correlation import HEADER, CorrelationIds
 from quart_iot.errors import register_error_handlers
@@ -15,6 +14,7 @@ from quart_iot.jsonrequest import StrictJSONRequest
 from quart_iot.logs import configure_logging
 from quart_iot.metrics import Metrics
 from quart_iot.notifications import Notifications
+from quart_iot.oidc import AccessControl
 from quart_iot.settings import Settings, load_settings
 from quart_iot.shutdown import GracefulStop
 from quart_iot.store import ConfigStore

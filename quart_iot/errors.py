@@ -179,29 +179,6 @@ class WriteOutlived(ShuttingDown):
         )
 
 
-class Unauthorized(ApiError):
-    """No usable bearer token: 401 with the RFC 6750 challenge."""
-
-    status, code = 401, "UNAUTHORIZED"
-
-    def __init__(self, message: str, invalid_token: bool = False) -> None:
-        super().__init__(message)
-        challenge = 'Bearer realm="quart_iot"'
-        if invalid_token:  # RFC 6750: no error code when the request carried no token at all
-            challenge += f', error="invalid_token", error_description="{message}"'
-        self.headers = {"WWW-Authenticate": challenge}
-
-
-class Forbidden(ApiError):
-    """A valid token without the right for this request."""
-
-    status, code = 403, "FORBIDDEN"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.headers = {"WWW-Authenticate": 'Bearer realm="quart_iot", error="insufficient_scope"'}
-
-
 _HTTP_CODES = {
     400: ("VALIDATION_FAILED", "The request is malformed"),
     404: ("ROUTE_NOT_FOUND", "The requested URL was not found"),

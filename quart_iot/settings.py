@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ASYMMETRIC_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 )  # fmt: skip
+MIN_JWKS_REFRESH = 5.0  # seconds
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9.])?")
 
@@ -61,7 +62,8 @@ class Settings(BaseSettings):
     mqtt_topic: str = "iotsupport/updates/configs"
     mqtt_queue_size: int = Field(default=1000, gt=0)
 
-    # Access control (quart_iot/auth.py): off unless OIDC_ISSUER is set.
+    # Access control (quart_iot/oidc/): off unless OIDC_ISSUER is set.
+    oidc_allow_http_issuer: bool = False  # before oidc_issuer: its check reads this one
     oidc_issuer: str | None = None
     oidc_audience: str | None = Field(default=None, validate_default=True)
     oidc_roles_claim: str = "realm_access.roles"
@@ -69,9 +71,11 @@ class Settings(BaseSettings):
     oidc_write_role: str = "iot-config-writer"
     oidc_device_claim: str = "device_mac"
     oidc_algorithms: Annotated[list[str], NoDecode] = list(ASYMMETRIC_ALGORITHMS)
+    oidc_allow_plain_jwt: bool = False
     oidc_leeway: float = Field(default=30.0, ge=0, le=300)
     oidc_http_timeout: float = Field(default=5.0, gt=0, le=60)
-    oidc_jwks_min_refresh: float = Field(default=30.0, ge=0)
+    # A floor: every unknown `kid` anyone sends may cause a fetch, once per this interval.
+    oidc_jwks_min_refresh: float = Field(default=30.0, ge=MIN_JWKS_REFRESH)
     oidc_jwks_max_age: float = Field(default=3600.0, gt=0)
 
     @field_validator("esp32_configs_dir", mode="before")
@@ -155,12 +159,18 @@ class Settings(BaseSettings):
 
     @field_validator("oidc_issuer")
     @classmethod
-    def _check_issuer(cls, value: str | None) -> str | None:
+    def _check_issuer(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or not value.strip():
             return None  # OIDC_ISSUER= (empty) leaves access control off
         url = urlsplit(value.strip())
         if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
             raise ValueError("must be the issuer URL, e.g. https://keycloak.example/realms/iot")
+        plain = url.scheme == "http" and not is_loopback(url.hostname)
+        if plain and not info.data.get("oidc_allow_http_issuer"):
+            raise ValueError(
+                "must be https:// (http:// only on a loopback address), as keys fetched over "
+                "http can be replaced on the way; OIDC_ALLOW_HTTP_ISSUER=true allows it"
+            )
         return value.strip()  # kept exactly: it must equal the tokens' `iss`
 
     @field_validator("oidc_audience")
@@ -178,6 +188,15 @@ class Settings(BaseSettings):
             raise ValueError("must be a name (a dotted path for claims), without spaces")
         return value
 
+    @field_validator("oidc_jwks_max_age")
+    @classmethod
+    def _check_max_age(cls, value: float, info: ValidationInfo) -> float:
+        # Else the refresh it schedules would wait for the rate limit, and keys withdrawn by
+        # the issuer would be trusted past OIDC_JWKS_MAX_AGE.
+        if value < info.data.get("oidc_jwks_min_refresh", MIN_JWKS_REFRESH):
+            raise ValueError("must be at least OIDC_JWKS_MIN_REFRESH")
+        return value
+
     @field_validator("oidc_algorithms", mode="before")
     @classmethod
     def _parse_algorithms(cls, value: Any) -> Any:
@@ -185,6 +204,16 @@ class Settings(BaseSettings):
         if not names or any(name not in ASYMMETRIC_ALGORITHMS for name in names):
             raise ValueError(f"must be some of {', '.join(ASYMMETRIC_ALGORITHMS)}")
         return names
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost`, or an address of the loopback network (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _json_list(value: Any, example: str) -> Any:

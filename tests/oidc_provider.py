@@ -1,15 +1,20 @@
 """A real OpenID Provider (oidc-provider on Node.js, tests/oidc/) on loopback, and test keys."""
 
 import base64
+import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jwt
@@ -46,7 +51,21 @@ class SigningKey:
         self.jwk: dict[str, Any] = {**jwk, "kid": kid, "alg": "RS256", "use": "sig"}
 
     def sign(self, claims: dict[str, Any], **header: Any) -> str:
-        return jwt.encode(claims, self.private, "RS256", headers={"kid": self.kid, **header})
+        """An RFC 9068 access token (`typ: at+jwt`) unless `header` says otherwise."""
+        headers = {"kid": self.kid, "typ": "at+jwt", **header}
+        return jwt.encode(claims, self.private, "RS256", headers=headers)
+
+    def sign_raw(self, header: Any, claims: Any) -> str:
+        """Any JSON (or bytes) as header and payload, signed RS256: what PyJWT will not make."""
+        parts = [
+            part if isinstance(part, bytes) else json.dumps(part).encode()
+            for part in (header, claims)
+        ]
+        signing_input = ".".join(b64(part) for part in parts).encode()
+        signature = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256).sign(
+            signing_input, self.private
+        )
+        return f"{signing_input.decode()}.{b64(signature)}"
 
     def public_pem(self) -> bytes:
         from cryptography.hazmat.primitives import serialization
@@ -121,6 +140,48 @@ class Provider:
         token: str = response.json()["access_token"]
         return token
 
+    def login(self, client_id: str, nonce: str | None = None) -> dict[str, Any]:
+        """A person's login through the authorization-code flow (PKCE; the provider's own
+        login form, which takes any name): the token response, ID token included."""
+        client = CLIENTS[client_id]
+        redirect_uri = client["redirect_uris"][0]
+        verifier = secrets.token_urlsafe(48)
+        challenge = b64(hashlib.sha256(verifier.encode()).digest())
+        query = {
+            "client_id": client_id,
+            "response_type": "code",
+            "scope": "openid",
+            "redirect_uri": redirect_uri,
+            "state": "s",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            **({"nonce": nonce} if nonce else {}),
+        }
+        with httpx.Client(base_url=self.issuer, timeout=10) as http:
+            location = http.get("/auth", params=query).headers["location"]
+            while not location.startswith(redirect_uri):
+                if "/interaction/" in location:  # the login form, then the consent form
+                    form = http.get(location).text
+                    prompt = "login" if 'name="login"' in form else "consent"
+                    answer = {"prompt": prompt, "login": "alice", "password": "any"}
+                    location = http.post(location, data=answer).headers["location"]
+                else:
+                    location = http.get(location).headers["location"]
+            code = parse_qs(urlsplit(location).query)["code"][0]
+            response = http.post(
+                "/token",
+                data={
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": redirect_uri,
+                    "code_verifier": verifier,
+                },
+                auth=(client_id, client["client_secret"]),
+            )
+        response.raise_for_status()
+        tokens: dict[str, Any] = response.json()
+        return tokens
+
 
 def unverified_kid(token: str) -> str:
     kid: str = jwt.get_unverified_header(token)["kid"]
@@ -129,3 +190,40 @@ def unverified_kid(token: str) -> str:
 
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class StaticIssuer:
+    """An issuer that misbehaves: a loopback HTTP server answering each path with fixed bytes
+    (`routes`, filled by the test; `{url}` in a body becomes the server's own URL)."""
+
+    def __init__(self) -> None:
+        routes: dict[str, tuple[int, bytes]] = {}
+        self.routes = routes
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = routes.get(self.path, (404, b"{}"))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def serve(self, path: str, body: Any, status: int = 200) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.routes[path] = (status, data.replace(b"{url}", self.url.encode()))
+
+    def __enter__(self) -> "StaticIssuer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -59,17 +59,19 @@ MALFORMED = {
     "LOCK_TIMEOUT": ["0", "-1", "61", "forever"],
     "HISTORY_MAX_VERSIONS": ["-1", "1.5", "many", "10001"],
     "HISTORY_MAX_DAYS": ["0", "-1", "forever", "36501"],
-    "OIDC_ISSUER": ["keycloak.local"],
+    "OIDC_ALLOW_HTTP_ISSUER": ["maybe"],
+    "OIDC_ISSUER": ["keycloak.local", "http://keycloak.example/realms/iot"],
     "OIDC_AUDIENCE": [""],  # with OIDC_ISSUER set (CONTEXT)
     "OIDC_ROLES_CLAIM": ["realm_access..roles"],
     "OIDC_READ_ROLE": ["a b"],
     "OIDC_WRITE_ROLE": [""],
     "OIDC_DEVICE_CLAIM": [" "],
     "OIDC_ALGORITHMS": ["RS256,HS256", "none"],
+    "OIDC_ALLOW_PLAIN_JWT": ["maybe"],
     "OIDC_LEEWAY": ["-1"],
     "OIDC_HTTP_TIMEOUT": ["0"],
-    "OIDC_JWKS_MIN_REFRESH": ["soon"],
-    "OIDC_JWKS_MAX_AGE": ["0"],
+    "OIDC_JWKS_MIN_REFRESH": ["soon", "0", "4.9"],
+    "OIDC_JWKS_MAX_AGE": ["0", "29"],  # below OIDC_JWKS_MIN_REFRESH (30)
 }
 # Settings that are malformed only beside another one.
 CONTEXT = {"OIDC_AUDIENCE": {"OIDC_ISSUER": "https://kc.local/realms/iot"}}

@@ -10,7 +10,6 @@ from quart_schema import (
 from werkzeug.exceptions import MethodNotAllowed
 
 from quart_iot.apidocs import document_errors
-from quart_iot.auth import writer_subject
 from quart_iot.errors import ApiError, ConfigNotFound, ConfigUnreadable, PreconditionFailed
 from quart_iot.models import (
     ConditionalHeaders,
@@ -21,6 +20,7 @@ from quart_iot.models import (
     ETagHeader,
     EventStream,
 )
+from quart_iot.oidc import writer_subject
 from quart_iot.store import Precondition, StoredConfig, current_store
 from quart_iot.waiting import current_waiting, event_stream_response
 

@@ -8,7 +8,6 @@ from quart import Blueprint, Response
 from quart_schema import document_headers, document_response, tag_blueprint, validate_querystring
 
 from quart_iot.apidocs import document_errors
-from quart_iot.auth import writer_subject
 from quart_iot.blueprints.configs import detail_response, precondition
 from quart_iot.models import (
     ConditionalHeaders,
@@ -19,6 +18,7 @@ from quart_iot.models import (
     HistoryList,
     JsonPatch,
 )
+from quart_iot.oidc import writer_subject
 from quart_iot.store import current_store
 
 blueprint = Blueprint("history", __name__)

@@ -16,15 +16,25 @@ const provider = new Provider(issuer, {
   jwks,
   cookies: { keys: ['quart-iot-tests-only'] },
   ttl: { ClientCredentials: 600 },
-  clients: clients.map(({ client_id, client_secret }) => ({
+  // Machines use the client-credentials grant; `spa` logs a person in (authorization code),
+  // for the ID token an app receives beside its access token.
+  clients: clients.map(({ client_id, client_secret, ...rest }) => ({
     client_id,
     client_secret,
-    grant_types: ['client_credentials'],
-    redirect_uris: [],
-    response_types: [],
+    grant_types: rest.grant_types ?? ['client_credentials'],
+    redirect_uris: rest.redirect_uris ?? [],
+    response_types: rest.response_types ?? [],
   })),
+  // Whoever logs in is a writer, and the ID token carries the roles too (as Authentik's do
+  // with "Include claims in id_token"): an ID token that would pass for an access token.
+  findAccount: (ctx, id) => ({
+    accountId: id,
+    claims: () => ({ sub: id, realm_access: { roles: ['iot-config-writer'] } }),
+  }),
+  claims: { openid: ['sub', 'realm_access'] },
+  conformIdTokenClaims: false,
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: true }, // its login form takes any name: tests only
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
