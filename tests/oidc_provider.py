@@ -3,7 +3,6 @@
 import base64
 import json
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -16,6 +15,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.server import free_port
+from tests.tools import tool
 
 DIRECTORY = Path(__file__).parent / "oidc"
 AUDIENCE = "urn:quart-iot"
@@ -24,8 +24,8 @@ CLIENTS = {c["client_id"]: c for c in json.loads((DIRECTORY / "clients.json").re
 
 def install() -> None:
     """`npm ci` from the committed package-lock.json, once (a fresh clone has no node_modules)."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        raise RuntimeError("the access-control tests need node and npm (.ci/run installs them)")
+    tool("node", "Debian package nodejs")
+    tool("npm", "Debian package npm")
     if not (DIRECTORY / "node_modules" / "oidc-provider").is_dir():
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],

