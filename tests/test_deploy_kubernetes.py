@@ -23,6 +23,7 @@ import yaml
 
 from quart_iot.settings import Settings
 from tests.conftest import Client
+from tests.test_guides import marked
 from tests.test_observability import ALERTS
 from tests.tools import needs, tool
 
@@ -312,3 +313,14 @@ def test_checkov_finds_nothing_unexplained(all_manifests: list[Path]) -> None:
     assert [check for check, reason in reasons.items() if len(reason) < 20] == []
     assert {r["check_type"] for r in reports} == {"kubernetes", "dockerfile"}
     assert sum(r["summary"]["passed"] for r in reports) > 200  # it really looked
+
+
+def test_the_scrape_job_of_operations_md_keeps_the_kits_pods() -> None:
+    (job,) = yaml.safe_load(marked("prometheus-kubernetes"))["scrape_configs"]
+    (keep,) = [
+        r for r in job["relabel_configs"] if r.get("action") == "keep" and r["regex"] != "http"
+    ]
+    (source,) = keep["source_labels"]
+    labels = base_documents()["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    label = {re.sub(r"[^\w]", "_", name): value for name, value in labels.items()}
+    assert label[source.removeprefix("__meta_kubernetes_pod_label_")] == keep["regex"]
