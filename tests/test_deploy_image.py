@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -114,7 +115,7 @@ def context_files() -> list[str]:
     kept = [pattern.pattern for negated, pattern in rules if negated]
     found = []
     for directory, subdirectories, files in os.walk(ROOT):
-        relative = Path(directory).relative_to(ROOT).as_posix().removeprefix(".")
+        relative = "" if Path(directory) == ROOT else Path(directory).relative_to(ROOT).as_posix()
         # Skip a directory that is ignored and that no `!` rule reaches into (.venv, .git).
         subdirectories[:] = [
             name
@@ -144,9 +145,12 @@ def build_context(into: Path) -> None:
             chosen = [f for f in files if f == source or f.startswith(source.rstrip("/") + "/")]
             assert chosen, f"COPY {source}: nothing in the build context"
             for path in chosen:
-                relative = path if destination == "./" else str(Path(destination) / Path(path).name)
-                if source.endswith("/"):
-                    relative = str(Path(destination) / Path(path).relative_to(source))
+                if source.endswith("/"):  # a directory: its contents, under the destination
+                    relative = Path(destination) / Path(path).relative_to(source)
+                elif destination.endswith("/"):
+                    relative = Path(destination) / Path(path).name
+                else:
+                    relative = Path(destination)
                 (into / relative).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / path, into / relative)
 
@@ -211,6 +215,13 @@ def test_hadolint_has_nothing_to_say() -> None:
     assert all(reason.strip() for reason in ignores), "every ignore says why"
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Skip outside CI; in CI, where .ci/run provides everything, fail."""
+    if IN_CI:
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
 def image_python() -> str:
     """The interpreter the image has (the base's python3.X), outside /root: nobody runs it."""
     (version,) = re.findall(r"python:(3\.\d+)", final().base)
@@ -218,10 +229,7 @@ def image_python() -> str:
         candidate = Path(directory) / f"python{version}"
         if candidate.exists():
             return str(candidate)
-    reason = f"the image's Python {version} is not installed in /usr/bin or /usr/local/bin"
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
+    unavailable(f"the image's Python {version} is not in /usr/bin or /usr/local/bin")
 
 
 @dataclass
@@ -233,18 +241,16 @@ class Installed:
 
 
 def snapshot(tree: Path) -> dict[str, tuple[int, int, float]]:
-    return {
-        str(path): (st.st_mode, st.st_size, st.st_mtime)
-        for path in tree.rglob("*")
-        if (st := path.lstat())
-    }
+    """Mode, size and mtime of everything under `tree`: what a write would change."""
+    stats = {str(path): path.lstat() for path in tree.rglob("*")}
+    return {path: (st.st_mode, st.st_size, st.st_mtime) for path, st in stats.items()}
 
 
 @pytest.fixture(scope="module")
 def installed() -> Iterator[Installed]:
     python = image_python()
     if os.geteuid() != 0:
-        pytest.skip("the image's user is another user: setpriv needs root (CI runs as root)")
+        unavailable("the server runs as another user: setpriv needs root (CI runs as root)")
     top = Path(tempfile.mkdtemp(prefix="quart-iot-image-"))
     top.chmod(0o755)  # other users reach the install through it
     try:
