@@ -105,8 +105,13 @@ class HostNotAllowed(ApiError):
     # 421 Misdirected Request (RFC 9110 15.5.20): not a host this server answers for.
     status, code = 421, "HOST_NOT_ALLOWED"
 
-    def __init__(self) -> None:
-        super().__init__("The Host header names a host this service does not serve")
+    def __init__(self, host: str = "") -> None:
+        # Whoever meets it first is usually the operator of a new deployment: say what to change.
+        super().__init__(
+            "The Host header names a host this service does not serve; if clients may reach it "
+            "by this name, add the name to the ALLOWED_HOSTS setting (a JSON list of host names)",
+            {"host": host, "setting": "ALLOWED_HOSTS"},
+        )
 
 
 class StorageUnavailable(ApiError):

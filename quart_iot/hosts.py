@@ -50,4 +50,4 @@ class AllowedHosts:
     async def _check(self) -> None:
         # Werkzeug gives "" for a missing Host or one with invalid characters: refused too.
         if not self.allows(request.host):
-            raise HostNotAllowed
+            raise HostNotAllowed(host_name(request.host))

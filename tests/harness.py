@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.tools import tool
+
 ERROR_KEYS = {"error", "code", "details", "correlationId", "status"}
 
 
@@ -200,6 +202,7 @@ def unprivileged() -> Unprivileged:
     """How to run a server that permission bits apply to; skips the test when impossible."""
     found = _unprivileged()
     if found is None:
+        tool("setpriv", "Debian package util-linux")  # in CI, a missing setpriv fails
         pytest.skip(
             "permission faults need the server to run unprivileged: running as root, and "
             "neither `setpriv --reuid=nobody` nor setpriv without CAP_DAC_OVERRIDE works here"

@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -21,6 +20,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.server import free_port
+from tests.tools import tool
 
 DIRECTORY = Path(__file__).parent / "oidc"
 AUDIENCE = "urn:quart-iot"
@@ -29,8 +29,8 @@ CLIENTS = {c["client_id"]: c for c in json.loads((DIRECTORY / "clients.json").re
 
 def install() -> None:
     """`npm ci` from the committed package-lock.json, once (a fresh clone has no node_modules)."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        raise RuntimeError("the access-control tests need node and npm (.ci/run installs them)")
+    tool("node", "Debian package nodejs")
+    tool("npm", "Debian package npm")
     if not (DIRECTORY / "node_modules" / "oidc-provider").is_dir():
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],

@@ -1,6 +1,5 @@
 """Every dashboard panel, evaluated by a real Prometheus scraping the real server every second."""
 
-import shutil
 import subprocess
 import threading
 import time
@@ -16,12 +15,10 @@ import yaml
 from tests.conftest import MAC, OTHER_MAC
 from tests.server import Server, free_port, running_server
 from tests.test_observability import ALERTS, dashboard, metric_names, walk_panels
+from tests.tools import find, needs
 
-PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None,
-    reason="prometheus not installed (Debian package prometheus; .ci/run installs it)",
-)
+PROMETHEUS = find("prometheus")
+pytestmark = needs("prometheus", "Debian package prometheus")
 # Grafana's variables, as Grafana would set them for a 1 s scrape interval (and a bit more).
 LIVE_VARIABLES = {"$__rate_interval": "10s", "$job": "quart-iot", "$instance": ".*"}
 COUNT_METRIC = "iot_config_files"

@@ -3,7 +3,6 @@
 import errno
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from tests.harness import (
     unprivileged,
 )
 from tests.server import Server
+from tests.tools import tool
 
 MAC = "0f-00-00-00-00-01"
 KEPT = {"deviceName": "kept"}
@@ -146,8 +146,8 @@ def test_read_only_directory_serves_reads_and_refuses_writes() -> None:
 def small_tmpfs(mountpoint: Path) -> Iterator[None]:
     """A 256 KiB tmpfs at `mountpoint`, or a skip where mounting is not allowed."""
     mountpoint.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mountpoint)]
-    if os.geteuid() != 0 or not shutil.which("mount") or subprocess.run(mount).returncode:
+    mount = [tool("mount", "Debian package mount"), "-t", "tmpfs", "-o", "size=256k,mode=0755"]
+    if os.geteuid() != 0 or subprocess.run([*mount, "tmpfs", str(mountpoint)]).returncode:
         pytest.skip("a real full disk needs a tmpfs mount (root); the injected ENOSPC test stands")
     try:
         yield

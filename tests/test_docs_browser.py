@@ -1,12 +1,10 @@
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.server import running_server
+from tests.tools import find, needs
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = find("chromium") or find("chromium-browser")
 # The flags keep Chromium off the network entirely: the page must render from loopback alone.
 FLAGS = [
     "--headless",
@@ -22,7 +20,7 @@ FLAGS = [
 ]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+@needs("chromium", "Debian package chromium")
 def test_docs_render_in_a_browser_without_internet(tmp_path: Path) -> None:
     assert CHROMIUM is not None
     configs = tmp_path / "configs"

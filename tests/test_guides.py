@@ -1,11 +1,13 @@
-"""docs/MIGRATING_FROM_FLASK.md and docs/OPERATIONS.md: their quotes and snippets stay true."""
+"""docs/MIGRATING_FROM_FLASK.md and docs/OPERATIONS.md: their quotes and snippets stay true.
+
+The Kubernetes manifests, once a snippet here, are the kit's: tests/test_deploy_kubernetes.py.
+"""
 
 import os
 import re
 import subprocess
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -103,49 +105,6 @@ def test_relative_links_lead_to_files_and_headings(doc: Path) -> None:
     assert [str(path) for path, _ in links if not path.exists()] == []
     broken = [f"{p.name}#{a}" for p, a in links if a and p.is_file() and a not in anchors(p)]
     assert broken == []
-
-
-def kubernetes() -> dict[str, dict[str, Any]]:
-    return {doc["kind"]: doc for doc in yaml.safe_load_all(marked("kubernetes"))}
-
-
-def container() -> dict[str, Any]:
-    (only,) = kubernetes()["Deployment"]["spec"]["template"]["spec"]["containers"]
-    result: dict[str, Any] = only
-    return result
-
-
-def test_the_manifest_runs_the_service_with_valid_settings(tmp_path: Path) -> None:
-    env = {item["name"]: item["value"] for item in container()["env"]}
-    assert container()["command"] == ["python", "-m", "quart_iot"]
-    values: dict[str, Any] = {name.lower(): value for name, value in env.items()}
-    values["esp32_configs_dir"] = tmp_path  # the manifest's path does not exist here
-    settings = Settings(_env_file=None, **values)
-    assert env["HOST"] == "0.0.0.0"
-    assert container()["ports"] == [{"name": "http", "containerPort": settings.port}]
-    deployment = kubernetes()["Deployment"]["spec"]["template"]["spec"]
-    sleep = container()["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert deployment["terminationGracePeriodSeconds"] > sleep + settings.shutdown_timeout + 5
-    assert kubernetes()["Service"]["spec"]["ports"][0]["targetPort"] == "http"
-    mount = container()["volumeMounts"][0]["mountPath"]
-    assert env["ESP32_CONFIGS_DIR"] == mount
-
-
-@pytest.mark.parametrize("probe", ["livenessProbe", "readinessProbe"])
-async def test_the_manifest_probes_answer(client: Client, probe: str) -> None:
-    get = container()[probe]["httpGet"]
-    assert get["port"] == "http"
-    assert (await client.get(get["path"])).status_code == 200
-
-
-async def test_liveness_stays_up_and_readiness_fails_without_the_directory(
-    client: Client, configs_dir: Path
-) -> None:
-    configs_dir.rmdir()
-    live = container()["livenessProbe"]["httpGet"]["path"]
-    ready = container()["readinessProbe"]["httpGet"]["path"]
-    assert (await client.get(live)).status_code == 200
-    assert (await client.get(ready)).status_code == 503
 
 
 def test_the_kubernetes_scrape_job_is_the_one_the_alerts_expect() -> None:

@@ -3,7 +3,6 @@
 import fcntl
 import os
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -19,8 +18,9 @@ from quart_iot.store import LOCK_NAME
 from tests.conftest import MAC, OTHER_MAC
 from tests.harness import raw_request
 from tests.server import Server, free_port, running_server
+from tests.tools import find, needs
 
-PROMTOOL = shutil.which("promtool")
+PROMTOOL = find("promtool")
 _SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*(?:\{.*\})?) (\S+)$")
 SLOW = 1.0  # seconds a client or another writer holds a request up
 
@@ -78,7 +78,7 @@ def test_a_405_is_labelled_with_the_route_it_matched(server: Server) -> None:
     assert not any('route="unmatched",status="405"' in name for name in found)
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package prometheus)")
+@needs("promtool", "Debian package prometheus")
 def test_a_real_scrape_passes_promtool_check_metrics(tmp_path: Path) -> None:
     # MQTT on (nothing listens on the port): its series are in the scrape too.
     with running_server(tmp_path, MQTT_URL=f"mqtt://127.0.0.1:{free_port()}") as server:

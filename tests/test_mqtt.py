@@ -4,7 +4,6 @@ import asyncio
 import getpass
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,13 +26,13 @@ from quart_iot.notifications import Broker, Notifications
 from quart_iot.settings import Settings, describe
 from tests.conftest import MAC, OTHER_MAC, Client
 from tests.server import Server, free_port
+from tests.tools import tool
 
 TOPIC = "iotsupport/updates/configs"
 USER, PASSWORD = "quart", "s3cret:/@%"  # needs percent-encoding in a URL
 PASSWORD_IN_URL = "s3cret%3A%2F%40%25"
 MACS = [f"0a-00-00-00-00-{n:02x}" for n in range(8)]
 SENTINEL = "5e-5e-5e-5e-5e-5e"
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"  # sbin: not on every PATH
 
 Received = tuple[str, Any, int, bool]  # topic, parsed payload, qos, retain
 
@@ -100,6 +99,7 @@ class Mosquitto:
     def _make_certificate(self) -> None:
         """A self-signed certificate for 127.0.0.1, its own CA."""
         key, cert = self.directory / "key.pem", self.directory / "cert.pem"
+        tool("openssl", "Debian package openssl")
         subprocess.run(
             [*OPENSSL_REQ.split(), "-keyout", str(key), "-out", str(cert)],
             check=True,
@@ -107,8 +107,9 @@ class Mosquitto:
         )
 
     def start(self, timeout: float = 10.0) -> None:
+        mosquitto = tool("mosquitto", "Debian package mosquitto")
         self.process = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.directory / "mosquitto.conf")],
+            [mosquitto, "-c", str(self.directory / "mosquitto.conf")],
             start_new_session=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from quart_iot.app import create_app
 from quart_iot.settings import Settings
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
 from tests.server import free_port
+from tests.tools import find, needs
 
 OBSERVABILITY = Path(__file__).resolve().parent.parent / "docs" / "observability"
 DASHBOARD = OBSERVABILITY / "quart-iot-dashboard.json"
@@ -23,11 +23,8 @@ ALERTS = OBSERVABILITY / "alerts.yml"
 ALERT_TESTS = OBSERVABILITY / "alerts.test.yml"
 PROMETHEUS_CONFIG = OBSERVABILITY / "prometheus.yml"
 
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool not installed (Debian package prometheus; .ci/run installs it)",
-)
+PROMTOOL = find("promtool")
+needs_promtool = needs("promtool", "Debian package prometheus")
 
 SCRAPE_SERIES = {"up"}  # written by Prometheus for each scrape, not by the service
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
