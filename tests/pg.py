@@ -5,6 +5,7 @@ database per test. initdb refuses root, so as root (CI) the cluster runs as `nob
 Without the binaries the tests that need them skip, with the reason, except in CI (`CI` set),
 where they fail: CI installs the `postgresql` package (.ci/run)."""
 
+import asyncio
 import contextlib
 import glob
 import itertools
@@ -13,7 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -126,19 +127,20 @@ def pg_cluster() -> Iterator[Cluster]:
         cluster.remove()
 
 
-@pytest.fixture
-async def pg_url(pg_cluster: Cluster) -> AsyncIterator[str]:
-    """The URL of a new, empty database, dropped after the test."""
-    name = f"test_{os.getpid()}_{next(_names)}"
-    admin = await asyncpg.connect(pg_cluster.admin_url)
+async def _admin(cluster: Cluster, statement: str) -> None:
+    admin = await asyncpg.connect(cluster.admin_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        await admin.execute(statement)
     finally:
         await admin.close()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> Iterator[str]:
+    """The URL of a new, empty database, dropped after the test. A plain fixture (its own
+    event loop), so that parametrised store fixtures can ask for it by name."""
+    name = f"test_{os.getpid()}_{next(_names)}"
+    asyncio.run(_admin(pg_cluster, f'CREATE DATABASE "{name}" TEMPLATE template0'))
     yield pg_cluster.url(name)
     with contextlib.suppress(OSError, asyncpg.PostgresError):  # the test stopped the server
-        admin = await asyncpg.connect(pg_cluster.admin_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        asyncio.run(_admin(pg_cluster, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

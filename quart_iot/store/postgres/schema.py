@@ -65,16 +65,17 @@ class SchemaTooNew(Exception):
 
 
 async def migrate(conn: "Connection") -> int:
-    """Bring the schema up to date (SchemaTooNew if it is newer); the version it is at."""
+    """Bring the schema up to date (SchemaTooNew if it is newer); the version it is at. A
+    schema already up to date is only read (a read-only standby serves reads)."""
+    if await _version(conn) == len(MIGRATIONS):
+        return len(MIGRATIONS)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS config_schema ("
             " version integer PRIMARY KEY, migrated_at timestamptz NOT NULL DEFAULT now())"
         )
-        found = await conn.fetchval("SELECT coalesce(max(version), 0) FROM config_schema")
-        if found > len(MIGRATIONS):
-            raise SchemaTooNew(found)
+        found = await _version(conn)
         for version in range(found + 1, len(MIGRATIONS) + 1):
             await conn.execute(MIGRATIONS[version - 1])
             if version == 1:
@@ -82,3 +83,13 @@ async def migrate(conn: "Connection") -> int:
             await conn.execute("INSERT INTO config_schema (version) VALUES ($1)", version)
             log.info("database schema migrated to version %d", version)
     return len(MIGRATIONS)
+
+
+async def _version(conn: "Connection") -> int:
+    """The schema's version (0: none yet); SchemaTooNew past what this code knows."""
+    if await conn.fetchval("SELECT to_regclass('config_schema')") is None:
+        return 0
+    found: int = await conn.fetchval("SELECT coalesce(max(version), 0) FROM config_schema")
+    if found > len(MIGRATIONS):
+        raise SchemaTooNew(found)
+    return found
