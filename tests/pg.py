@@ -14,7 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -136,11 +136,24 @@ async def _admin(cluster: Cluster, statement: str) -> None:
 
 
 @pytest.fixture
-def pg_url(pg_cluster: Cluster) -> Iterator[str]:
-    """The URL of a new, empty database, dropped after the test. A plain fixture (its own
-    event loop), so that parametrised store fixtures can ask for it by name."""
-    name = f"test_{os.getpid()}_{next(_names)}"
-    asyncio.run(_admin(pg_cluster, f'CREATE DATABASE "{name}" TEMPLATE template0'))
-    yield pg_cluster.url(name)
-    with contextlib.suppress(OSError, asyncpg.PostgresError):  # the test stopped the server
-        asyncio.run(_admin(pg_cluster, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+def pg_databases(pg_cluster: Cluster) -> Iterator[Callable[[], str]]:
+    """Makes new, empty databases (their URLs), dropped after the test. A plain fixture (its
+    own event loop), so that parametrised store fixtures can ask for it by name."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"test_{os.getpid()}_{next(_names)}"
+        asyncio.run(_admin(pg_cluster, f'CREATE DATABASE "{name}" TEMPLATE template0'))
+        made.append(name)
+        return pg_cluster.url(name)
+
+    yield make
+    for name in made:
+        with contextlib.suppress(OSError, asyncpg.PostgresError):  # the test stopped the server
+            asyncio.run(_admin(pg_cluster, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def pg_url(pg_databases: Callable[[], str]) -> str:
+    """The URL of a new, empty database."""
+    return pg_databases()

@@ -67,7 +67,7 @@ class SchemaTooNew(Exception):
 async def migrate(conn: "Connection") -> int:
     """Bring the schema up to date (SchemaTooNew if it is newer); the version it is at. A
     schema already up to date is only read (a read-only standby serves reads)."""
-    if await _version(conn) == len(MIGRATIONS):
+    if await schema_version(conn) == len(MIGRATIONS):
         return len(MIGRATIONS)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
@@ -75,7 +75,7 @@ async def migrate(conn: "Connection") -> int:
             "CREATE TABLE IF NOT EXISTS config_schema ("
             " version integer PRIMARY KEY, migrated_at timestamptz NOT NULL DEFAULT now())"
         )
-        found = await _version(conn)
+        found = await schema_version(conn)
         for version in range(found + 1, len(MIGRATIONS) + 1):
             await conn.execute(MIGRATIONS[version - 1])
             if version == 1:
@@ -85,7 +85,7 @@ async def migrate(conn: "Connection") -> int:
     return len(MIGRATIONS)
 
 
-async def _version(conn: "Connection") -> int:
+async def schema_version(conn: "Connection") -> int:
     """The schema's version (0: none yet); SchemaTooNew past what this code knows."""
     if await conn.fetchval("SELECT to_regclass('config_schema')") is None:
         return 0

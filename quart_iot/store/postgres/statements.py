@@ -116,3 +116,17 @@ SELECT (SELECT count(*) FROM doc) AS written, (SELECT id FROM version) AS versio
        {_notify("'-'")}
 FROM feed
 """
+
+# A document copied in as it is (quart_iot/copy.py): a change like a save, but no version of
+# its own ($1 mac, $2 data, $3 etag, $4 summary).
+PUT_DOCUMENT = f"""
+WITH {_FEED},
+doc AS (
+    INSERT INTO configs (mac, data, etag, summary, change_id)
+    SELECT $1, $2, $3, $4, last_id FROM feed
+    ON CONFLICT (mac) DO UPDATE SET data = EXCLUDED.data, etag = EXCLUDED.etag,
+        summary = EXCLUDED.summary, change_id = EXCLUDED.change_id
+),
+change AS (INSERT INTO config_changes (id, mac, etag) SELECT last_id, $1, $3 FROM feed)
+SELECT {_notify("$3")} FROM feed
+"""
