@@ -241,8 +241,6 @@ def check_database_url(url: str) -> None:
         raise ValueError(f"{usage} (unsupported parameter {unknown[0]!r})")
     if "/" in parts.path[1:] or parts.fragment:
         raise ValueError(f"{usage} (a path of more than the database name)")
-    if not parts.hostname and "host" not in dict(query):
-        raise ValueError(f"{usage} (no host)")
 
 
 def _json_list(value: Any, example: str) -> Any:
