@@ -232,16 +232,18 @@ async def test_a_restart_under_writes_loses_nothing_acknowledged(
             acknowledged[mac] = n
 
     writers = [asyncio.create_task(write(r, m)) for r, m in ((a, MAC), (b, OTHER_MAC))]
-    await asyncio.sleep(0.3)
-    with server_stopped(pg_cluster):
-        await asyncio.sleep(1.0)
-        assert (await a.health())[0] == "unavailable"
-    await eventually_healthy(a)
-    await eventually_healthy(b)
-    written = dict(acknowledged)
-    await asyncio.sleep(0.3)  # writes go on after the restart, on both replicas
-    stop.set()
-    await asyncio.gather(*writers)
+    try:
+        await asyncio.sleep(0.3)
+        with server_stopped(pg_cluster):
+            await asyncio.sleep(1.0)
+            assert (await a.health())[0] == "unavailable"
+        await eventually_healthy(a)
+        await eventually_healthy(b)
+        written = dict(acknowledged)
+        await asyncio.sleep(0.3)  # writes go on after the restart, on both replicas
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
     assert refused  # 503s while it was down
     assert acknowledged[MAC] > written.get(MAC, 0)
     assert acknowledged[OTHER_MAC] > written.get(OTHER_MAC, 0)

@@ -27,6 +27,9 @@ CONNECTION_LOST = (
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.InterfaceError,  # the connection closed under a query
     asyncpg.exceptions.OperatorInterventionError,  # 57: shutdown, cannot connect now, cancel
+    # The pool's reset of a connection whose socket broke mid-transaction ("cannot switch to
+    # state ...; another operation is in progress"): the connection is unusable, not the call.
+    asyncpg.exceptions.InternalClientError,
 )
 # Whatever makes the database unusable for now, without being a bug of ours.
 UNAVAILABLE = (
