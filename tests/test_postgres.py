@@ -4,15 +4,20 @@ database going away (down at start, restarted under writes, too slow)."""
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
 import pytest
 from werkzeug.datastructures import ETags
 
 from quart_iot.errors import ConfigExists, PreconditionFailed, StorageUnavailable
+from quart_iot.settings import Settings
 from quart_iot.store.backend import Change, WriteMeta
 from quart_iot.store.postgres import Limits, PostgresBackend, SchemaTooNew
+from quart_iot.store.postgres import backend as backend_module
+from quart_iot.store.postgres import listener as listener_module
 from quart_iot.store.postgres.schema import MIGRATIONS
 from quart_iot.store.records import Precondition
 from tests.conftest import MAC, OTHER_MAC
@@ -295,3 +300,125 @@ def test_notifications_other_than_changes_are_ignored() -> None:
 
     assert parse_notification("abc") is None
     assert parse_notification("e-1 aa-bb-cc-dd-ee-ff -") == Change("e-1", MAC, None)
+
+
+# -- retention and the change feed, in the background -----------------------------------------
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 15) -> None:
+    async with asyncio.timeout(seconds):
+        while not await check():
+            await asyncio.sleep(0.05)
+
+
+async def test_a_lowered_history_max_versions_applies_at_start(pg_url: str) -> None:
+    writer = PostgresBackend(pg_url, FAST)
+    await writer.start(Recorder())
+    try:
+        for n in range(6):
+            await writer.save(MAC, {"n": n}, NONE, META)
+    finally:
+        await writer.stop()
+    restarted = PostgresBackend(pg_url, FAST, history_max_versions=2)
+    await restarted.start(Recorder())
+    try:
+
+        async def pruned() -> bool:
+            page = json.loads(await restarted.versions_json(MAC, 50, None))
+            return bool(page["count"] == 2)
+
+        await eventually(pruned)
+    finally:
+        await restarted.stop()
+
+
+async def test_aged_history_goes_in_the_background(pg_url: str, replicas: Replicas) -> None:
+    backend = PostgresBackend(pg_url, FAST, history_max_days=0.2 / 86_400)  # 200 ms
+    await backend.start(Recorder())
+    replicas.started.append(backend)
+    await backend.save(MAC, {"v": 1}, NONE, META)
+    await backend.save(OTHER_MAC, {"v": 1}, NONE, META)
+    await backend.delete(OTHER_MAC, NONE, META)
+    assert [item["mac_address"] for item in await backend.deleted()] == [OTHER_MAC]
+
+    async def gone() -> bool:
+        return await backend.deleted() == []  # after its days, a deleted device's history goes
+
+    await eventually(gone)
+    page = json.loads(await backend.versions_json(MAC, 50, None))
+    assert page["count"] == 1  # the newest version of a live device stays, whatever its age
+
+
+async def test_changes_older_than_kept_cannot_be_resumed(
+    pg_url: str, replicas: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, sink = await replicas.start()
+    for n in range(6):
+        await a.save(MAC, {"n": n}, NONE, META)
+    await sink.until(lambda: len(sink.changes) == 6)
+    monkeypatch.setattr(backend_module, "CHANGES_KEPT", 3)
+    b, _ = await replicas.start()  # its first retention pass trims the feed
+    first, fourth = sink.changes[0].id, sink.changes[3].id
+
+    async def trimmed() -> bool:
+        return await b.changes_after(sink.changes[1].id) is None
+
+    await eventually(trimmed)
+    assert await b.changes_after(first) is None  # further behind than what is kept
+    assert await b.changes_after(fourth) == sink.changes[4:]
+
+
+async def test_connections_killed_under_the_service_are_made_again(
+    pg_url: str, replicas: Replicas
+) -> None:
+    a, sink_a = await replicas.start()
+    b, _ = await replicas.start()
+    await a.save(MAC, {"v": 1}, NONE, META)
+    assert (await b.get(MAC)).content == {"v": 1}  # b's pool holds a connection now
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    assert (await b.get(MAC)).content == {"v": 1}  # a read tries a fresh connection
+    await sink_a.until(lambda: sink_a.missed_count == 1)  # the listener is back
+    saved = await b.save(MAC, {"v": 2}, NONE, META)
+    await sink_a.heard(MAC, saved.stored.etag)
+
+
+def test_settings_make_the_backend(pg_url: str) -> None:
+    settings = Settings(
+        database_url=pg_url, db_timeout=2, db_pool_size=3, db_connect_timeout=1,
+        db_statement_timeout=9, history_max_versions=7, max_content_length=4096, _env_file=None,
+    )  # fmt: skip
+    backend = PostgresBackend.from_settings(settings)
+    assert backend.limits == Limits(2, 3, 1, 9)
+    assert (backend.keep_versions, backend.max_bytes) == (7, 4096)
+
+
+async def test_a_listening_connection_gone_silent_is_made_again(
+    pg_url: str, replicas: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(listener_module, "PING_SECONDS", 0.1)
+    a, sink_a = await replicas.start()
+    admin = await asyncpg.connect(pg_url)
+    try:
+        async with asyncio.timeout(15):  # the listener's server process, once it pings
+            pid = None
+            while pid is None:
+                pid = await admin.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND query = 'SELECT 1'"
+                )
+        os.kill(pid, signal.SIGSTOP)  # the connection stays open, and answers nothing
+        try:
+            await sink_a.until(lambda: sink_a.missed_count == 1)  # a ping timed out
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        await admin.close()
+    saved = await a.save(MAC, {"v": 1}, NONE, META)
+    await sink_a.heard(MAC, saved.stored.etag)
