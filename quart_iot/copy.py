@@ -39,7 +39,7 @@ from quart_iot.store.records import summary_json
 from quart_iot.store.versions import Shelves, Version
 
 MAX_BYTES = 64 * 1024 * 1024  # MAX_CONTENT_LENGTH's largest: nothing a service can read is left
-BATCH = 500  # writes into PostgreSQL per transaction
+BATCH = 500  # versions written into PostgreSQL per transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,8 +249,7 @@ class DatabaseStore:
     def __init__(self, conn: asyncpg.Connection, known: bool) -> None:
         self.conn = conn
         self.known = known  # its schema is in place
-        self._batch: asyncpg.transaction.Transaction | None = None
-        self._in_batch = 0
+        self._versions: list[tuple[object, ...]] = []  # waiting to be written
 
     @classmethod
     async def open(cls, url: str, target: bool, dry_run: bool) -> "DatabaseStore":
@@ -285,27 +284,29 @@ class DatabaseStore:
         return await transfer.etags(self.conn), await transfer.version_ids(self.conn)
 
     async def put(self, item: Document | Kept) -> None:
-        if self._batch is None:
-            self._batch = self.conn.transaction()
-            await self._batch.start()
         summary = summary_json(item.mac, parse_document(item.data))
-        if isinstance(item, Document):
-            await self.conn.execute(transfer.PUT_DOCUMENT, item.mac, item.data, item.etag, summary)
-        else:
+        if isinstance(item, Kept):  # written in batches: versions touch no live row
             version = (item.id, item.change, item.data, etag_of(item.data), summary, item.subject)
-            await self.conn.execute(transfer.PUT_VERSION, item.mac, *version)
-        self._in_batch += 1
-        if self._in_batch >= BATCH:
-            await self._commit()
+            self._versions.append((item.mac, *version))
+            if len(self._versions) >= BATCH:
+                await self._flush()
+            return
+        await self._flush()  # a device's versions before its document
+        # One transaction per document, its row locked first, as a save locks it: holding
+        # the change feed's row across several documents could deadlock with live writers.
+        async with self.conn.transaction():
+            await self.conn.execute(transfer.LOCK_DOCUMENT, item.mac)
+            await self.conn.execute(transfer.PUT_DOCUMENT, item.mac, item.data, item.etag, summary)
 
-    async def _commit(self) -> None:
-        if self._batch is not None:
-            await self._batch.commit()
-        self._batch, self._in_batch = None, 0
+    async def _flush(self) -> None:
+        if self._versions:
+            async with self.conn.transaction():
+                await self.conn.executemany(transfer.PUT_VERSION, self._versions)
+            self._versions = []
 
     async def close(self) -> None:
         try:
-            await self._commit()
+            await self._flush()
         finally:
             await self.conn.close()
 

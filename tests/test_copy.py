@@ -231,3 +231,30 @@ def test_the_copy_command_of_python_m_quart_iot(tmp_path: Path, pg_url: str) -> 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith("copied 3 documents")
     assert sorted(os.listdir(tmp_path / "copy")) == sorted(f"{mac}.json" for mac in FLASK_DOCUMENTS)
+
+
+async def test_a_copy_into_a_database_in_use_runs_beside_its_writes(
+    tmp_path: Path, pg_url: str
+) -> None:
+    source = tmp_path / "many"
+    source.mkdir()
+    macs = [f"00-00-00-00-00-{n:02x}" for n in range(120)]
+    for mac in macs:
+        (source / f"{mac}.json").write_text(json.dumps({"from": "copy"}, indent=2))
+    live = PostgresBackend(pg_url)
+    await live.start(Recorder())
+    writes = 0
+    try:
+        copying = asyncio.create_task(
+            asyncio.to_thread(main, ["--from", str(source), "--to", pg_url])
+        )
+        while not copying.done():  # the same devices, written by the service meanwhile
+            for mac in reversed(macs[::7]):
+                await live.save(mac, {"from": "service", "n": writes}, Precondition(), WriteMeta())
+                writes += 1
+        assert await copying == 0
+        listed = json.loads(await live.list_json())
+    finally:
+        await live.stop()
+    assert listed["count"] == len(macs)
+    assert writes > 0

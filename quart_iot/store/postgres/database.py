@@ -100,6 +100,12 @@ class Outage:
             self.since = self.reason = None
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """A connection back in the pool is kept as it is: the service sets nothing on it (no SET,
+    no LISTEN, no session lock; a transaction left open is rolled back by the pool anyway).
+    asyncpg's default reset costs one more round trip per call (PERFORMANCE.md)."""
+
+
 class Database:
     """The pool of one process; `connection()` is the only way to a connection."""
 
@@ -117,6 +123,7 @@ class Database:
             max_size=self.limits.pool_size,
             timeout=self.limits.connect_timeout,
             server_settings=self.server_settings(),
+            reset=_keep_session,
         )
 
     def server_settings(self) -> dict[str, str]:

@@ -16,6 +16,7 @@ ETAGS = "SELECT mac, etag FROM configs"
 VERSION_IDS = "SELECT mac, id FROM config_versions"
 DOCUMENTS = "SELECT mac, data, etag FROM configs ORDER BY mac"
 VERSIONS = "SELECT mac, id, change, data, etag, subject FROM config_versions ORDER BY mac, id"
+LOCK_DOCUMENT = "SELECT FROM configs WHERE mac = $1 FOR UPDATE"
 PUT_DOCUMENT = statements.PUT_DOCUMENT
 PUT_VERSION = """
 INSERT INTO config_versions (mac, id, change, data, etag, summary, size, subject)
