@@ -163,7 +163,9 @@ class PostgresBackend:
         self._tasks.append(asyncio.create_task(work, name=name))
 
     async def _prepare(self) -> None:
-        async with self.db.connection() as conn:
+        """Migrate (on a connection of its own: a long migration, or another replica's, is
+        not cut short by DB_TIMEOUT) and learn the change feed's epoch."""
+        async with self.db.session() as conn:
             await migrate(conn)
             self.epoch = await conn.fetchval("SELECT epoch FROM config_feed")
 
@@ -255,7 +257,7 @@ class PostgresBackend:
             check(new.mac, precondition, before)
             if row is not None and precondition.create_only:
                 refuse_existing(new.mac, precondition)
-            if row is not None and row["data"] == new.raw:
+            if before == new.etag:  # a 128-bit hash of the bytes: the same bytes
                 return Saved(new, before, None, unchanged=True)
             statement = statements.SAVE_NEW if row is None else statements.SAVE_REPLACE
             written = await _one_row(

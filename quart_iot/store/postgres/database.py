@@ -103,7 +103,8 @@ class Outage:
 async def _keep_session(_conn: asyncpg.Connection) -> None:
     """A connection back in the pool is kept as it is: the service sets nothing on it (no SET,
     no LISTEN, no session lock; a transaction left open is rolled back by the pool anyway).
-    asyncpg's default reset costs one more round trip per call (PERFORMANCE.md)."""
+    asyncpg's default reset is one more round trip per call: 244 against 150 us of the
+    process's CPU per get, 8 concurrent gets on loopback (medians of 5 runs)."""
 
 
 class Database:
@@ -137,6 +138,24 @@ class Database:
             server_settings=self.server_settings(),
         )
         return conn
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of its own for long work (migrations): bounded by the connect and
+        statement timeouts, not by DB_TIMEOUT; trouble is StorageUnavailable."""
+        try:
+            conn = await self.connect()
+        except UNAVAILABLE as error:
+            raise StorageUnavailable(self.outage.failed(error)) from None
+        try:
+            yield conn
+        except UNAVAILABLE as error:
+            raise StorageUnavailable(self.outage.failed(error)) from None
+        finally:
+            try:
+                await conn.close(timeout=self.limits.connect_timeout)
+            except UNAVAILABLE:
+                conn.terminate()
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -18,7 +18,7 @@ LIST = """
 SELECT (SELECT last_id FROM config_feed), string_agg(summary, ','::bytea ORDER BY mac), count(*)
 FROM configs
 """
-LOCK_CURRENT = "SELECT data, etag, summary FROM configs WHERE mac = $1 FOR UPDATE"
+LOCK_CURRENT = "SELECT etag FROM configs WHERE mac = $1 FOR UPDATE"
 READ_ONLY = "SELECT current_setting('transaction_read_only') = 'on'"
 
 _NOW_NS = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000"
