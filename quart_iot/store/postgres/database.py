@@ -165,13 +165,15 @@ class Database:
                 self._pool.terminate()
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
-        """A pooled connection for one call, all of it within DB_TIMEOUT; any trouble with
-        the database is StorageUnavailable."""
+    async def connection(self, deadline: float | None = None) -> AsyncIterator[Connection]:
+        """A pooled connection for one call, all of it within DB_TIMEOUT (or by the loop's
+        time `deadline`); any trouble with the database is StorageUnavailable."""
         if self._pool is None:
             raise StorageUnavailable("the database is not connected yet")
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self.limits.timeout
         try:
-            async with asyncio.timeout(self.limits.timeout), self._pool.acquire() as conn:
+            async with asyncio.timeout_at(deadline), self._pool.acquire() as conn:
                 yield conn
         except UNAVAILABLE as error:
             reason = self.outage.failed(error)
@@ -183,11 +185,13 @@ class Database:
 
     async def read(self, query: Callable[[Connection], Awaitable[T]]) -> T:
         """A read, tried once more on a fresh connection when the first one was stale (the
-        database restarted since it was made): reads are safe to repeat."""
+        database restarted since it was made): reads are safe to repeat. Both within
+        DB_TIMEOUT."""
+        deadline = asyncio.get_running_loop().time() + self.limits.timeout
         try:
-            async with self.connection() as conn:
+            async with self.connection(deadline) as conn:
                 return await query(conn)
         except ConnectionLost:
             pass
-        async with self.connection() as conn:
+        async with self.connection(deadline) as conn:
             return await query(conn)
