@@ -298,8 +298,11 @@ async def test_health_says_read_only_for_a_read_only_database(
 def test_notifications_other_than_changes_are_ignored() -> None:
     from quart_iot.store.postgres.listener import parse_notification
 
-    assert parse_notification("abc") is None
-    assert parse_notification("e-1 aa-bb-cc-dd-ee-ff -") == Change("e-1", MAC, None)
+    for odd in ["abc", "0a1b2c3d-1 AA-BB-CC-DD-EE-FF -", "0a1b2c3d-1 aa-bb-cc-dd-ee-ff x y"]:
+        assert parse_notification(odd) is None
+    assert parse_notification("0a1b2c3d-1 aa-bb-cc-dd-ee-ff -") == Change("0a1b2c3d-1", MAC, None)
+    etag = "0123456789abcdef" * 2
+    assert parse_notification(f"0a1b2c3d-9 {MAC} {etag}") == Change("0a1b2c3d-9", MAC, etag)
 
 
 # -- retention and the change feed, in the background -----------------------------------------

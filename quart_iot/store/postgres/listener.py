@@ -6,6 +6,7 @@ changed meanwhile, waiters check again."""
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -17,15 +18,21 @@ from quart_iot.store.postgres.schema import CHANNEL
 log = logging.getLogger(__name__)
 
 PING_SECONDS = 5.0
+_PAYLOAD = re.compile(
+    r"(?P<id>[0-9a-f]{8}-[0-9]{1,19}) "
+    r"(?P<mac>[0-9a-f]{2}(?:-[0-9a-f]{2}){5}) "
+    r"(?P<etag>[0-9a-f]{32}|-)"
+)
 
 
 def parse_notification(payload: str) -> Change | None:
-    """'<change id> <mac> <etag or ->' as a Change (None for anything else)."""
-    parts = payload.split(" ")
-    if len(parts) != 3:
+    """'<change id> <mac> <etag or ->' as a Change (None for anything else: any role that
+    may connect can NOTIFY on the channel)."""
+    match = _PAYLOAD.fullmatch(payload)
+    if match is None:
         return None
-    change_id, mac, etag = parts
-    return Change(change_id, mac, None if etag == "-" else etag)
+    etag = match["etag"]
+    return Change(match["id"], match["mac"], None if etag == "-" else etag)
 
 
 class Listener:
