@@ -126,11 +126,12 @@ class DirectoryStore:
         self.shelves = Shelves(self.directory)
 
     async def items(self, history: bool) -> AsyncIterator[Item]:
-        macs, skipped = await asyncio.to_thread(self._scan)
+        found, skipped = await asyncio.to_thread(self._scan)
         for item in skipped:
             yield item
-        with_history = await asyncio.to_thread(self.shelves.macs) if history else []
-        for mac in sorted(set(macs) | set(with_history)):
+        macs = set(found)
+        with_history = set(await asyncio.to_thread(self.shelves.macs) if history else [])
+        for mac in sorted(macs | with_history):
             if mac in with_history:
                 for kept in await asyncio.to_thread(self._versions, mac):
                     yield kept
