@@ -425,3 +425,24 @@ async def test_a_listening_connection_gone_silent_is_made_again(
         await admin.close()
     saved = await a.save(MAC, {"v": 1}, NONE, META)
     await sink_a.heard(MAC, saved.stored.etag)
+
+
+async def test_a_newer_schema_found_after_an_outage_keeps_the_store_unavailable(
+    pg_cluster: Cluster, pg_url: str, replicas: Replicas
+) -> None:
+    await replicas.start()  # migrates
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("INSERT INTO config_schema (version) VALUES ($1)", len(MIGRATIONS) + 1)
+    finally:
+        await conn.close()
+    with server_stopped(pg_cluster):
+        late, _ = await replicas.start()  # down: no error yet
+
+    async def refused() -> bool:
+        state, reason = await late.health()
+        return state == "unavailable" and "newer than this version" in str(reason)
+
+    await eventually(refused)
+    with pytest.raises(StorageUnavailable, match="newer than this version"):
+        await late.get(MAC)
