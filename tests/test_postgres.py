@@ -18,7 +18,7 @@ from quart_iot.store.backend import Change, WriteMeta
 from quart_iot.store.postgres import Limits, PostgresBackend, SchemaTooNew
 from quart_iot.store.postgres import backend as backend_module
 from quart_iot.store.postgres import listener as listener_module
-from quart_iot.store.postgres.schema import MIGRATIONS
+from quart_iot.store.postgres.schema import MIGRATION_LOCK, MIGRATIONS
 from quart_iot.store.records import Precondition
 from tests.conftest import MAC, OTHER_MAC
 from tests.pg import Cluster
@@ -446,3 +446,72 @@ async def test_a_newer_schema_found_after_an_outage_keeps_the_store_unavailable(
     await eventually(refused)
     with pytest.raises(StorageUnavailable, match="newer than this version"):
         await late.get(MAC)
+
+
+async def test_a_database_that_answers_nothing_does_not_hold_up_the_start(
+    pg_cluster: Cluster, pg_url: str, replicas: Replicas
+) -> None:
+    await replicas.start()  # migrated: a start then reads the schema's version
+    postmaster = int((pg_cluster.data / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGSTOP)  # connections are accepted (the backlog), not served
+    try:
+        backend, _ = await replicas.start(Limits(timeout=0.5, connect_timeout=0.5))
+        assert (await backend.health())[0] == "unavailable"
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+    await eventually_healthy(backend)
+
+
+async def test_a_migration_the_server_never_answers_does_not_hold_up_the_start(
+    pg_url: str, replicas: Replicas
+) -> None:
+    holder = await asyncpg.connect(pg_url)  # as another replica migrating
+    await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    limits = Limits(timeout=0.5, connect_timeout=0.5, statement_timeout=1.0)
+    starting = asyncio.create_task(replicas.start(limits))
+    pid = None
+    try:
+        async with asyncio.timeout(15):  # the start's server process, waiting for the lock
+            while pid is None:
+                pid = await holder.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE '%pg_advisory_xact_lock%'"
+                )
+        os.kill(pid, signal.SIGSTOP)  # now not even statement_timeout ends its wait
+        backend, _ = await starting  # given up after connect + statement timeouts
+        assert (await backend.health())[0] == "unavailable"
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+        await holder.close()
+    await eventually_healthy(backend)
+
+
+@pytest.mark.parametrize("call", ["get", "save", "delete"])
+async def test_a_server_that_answers_nothing_gets_503_not_a_hang(
+    pg_url: str, replicas: Replicas, call: str
+) -> None:
+    backend, _ = await replicas.start(Limits(timeout=0.5, connect_timeout=0.5))
+    await backend.save(MAC, {"v": 1}, NONE, META)  # the pool holds a connection now
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "get": lambda: backend.get(MAC),
+        "save": lambda: backend.save(MAC, {"v": 2}, NONE, META),
+        "delete": lambda: backend.delete(MAC, NONE, META),
+    }
+    admin = await asyncpg.connect(pg_url)
+    pids = await admin.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid()"
+    )
+    for row in pids:  # connected, and silent: as a network that drops everything
+        os.kill(row["pid"], signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(20):  # a hang fails here, not at the suite's timeout
+            with pytest.raises(StorageUnavailable) as refused:
+                await calls[call]()
+        assert refused.value.reason == "the database did not answer within DB_TIMEOUT"
+    finally:
+        for row in pids:
+            os.kill(row["pid"], signal.SIGCONT)
+        await admin.close()
+    await eventually_healthy(backend)

@@ -164,8 +164,10 @@ class PostgresBackend:
 
     async def _prepare(self) -> None:
         """Migrate (on a connection of its own: a long migration, or another replica's, is
-        not cut short by DB_TIMEOUT) and learn the change feed's epoch."""
-        async with self.db.session() as conn:
+        not cut short by DB_TIMEOUT) and learn the change feed's epoch. Bounded all the same:
+        a server that accepts connections and answers nothing must not hold up the start."""
+        seconds = self.limits.connect_timeout + self.limits.statement_timeout
+        async with self.db.session(seconds) as conn:
             await migrate(conn)
             self.epoch = await conn.fetchval("SELECT epoch FROM config_feed")
 

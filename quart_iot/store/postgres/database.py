@@ -2,10 +2,11 @@
 is bounded by DB_TIMEOUT, and an outage is logged when it starts and when it ends."""
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -107,6 +108,25 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     process's CPU per get, 8 concurrent gets on loopback (medians of 5 runs)."""
 
 
+@contextlib.contextmanager
+def _ended_at(deadline: float, conn: Connection) -> Iterator[list[BaseException | None]]:
+    """Terminates the connection if the block still runs at `deadline` (the loop's time): its
+    call then fails at once. Cancelling the call instead is not enough: a transaction's
+    ROLLBACK, or the pool's reset, would then wait for a server that answers nothing (a
+    network gone silent, a hung server) for ever. Yields [the TimeoutError, once ended]."""
+    ended: list[BaseException | None] = [None]
+
+    def end() -> None:
+        ended[0] = TimeoutError()
+        conn.terminate()
+
+    timer = asyncio.get_running_loop().call_at(deadline, end)
+    try:
+        yield ended
+    finally:
+        timer.cancel()
+
+
 class Database:
     """The pool of one process; `connection()` is the only way to a connection."""
 
@@ -140,22 +160,21 @@ class Database:
         return conn
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection of its own for long work (migrations): bounded by the connect and
-        statement timeouts, not by DB_TIMEOUT; trouble is StorageUnavailable."""
+    async def session(self, seconds: float) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of its own for long work (migrations), ended after `seconds` whatever
+        it is doing; trouble is StorageUnavailable."""
         try:
             conn = await self.connect()
         except UNAVAILABLE as error:
             raise StorageUnavailable(self.outage.failed(error)) from None
-        try:
-            yield conn
-        except UNAVAILABLE as error:
-            raise StorageUnavailable(self.outage.failed(error)) from None
-        finally:
+        with _ended_at(asyncio.get_running_loop().time() + seconds, conn) as ended:
             try:
-                await conn.close(timeout=self.limits.connect_timeout)
-            except UNAVAILABLE:
-                conn.terminate()
+                yield conn
+            except UNAVAILABLE as error:
+                raise StorageUnavailable(self.outage.failed(ended[0] or error)) from None
+            finally:
+                with contextlib.suppress(*UNAVAILABLE):
+                    await conn.close(timeout=self.limits.connect_timeout)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -170,14 +189,17 @@ class Database:
         time `deadline`); any trouble with the database is StorageUnavailable."""
         if self._pool is None:
             raise StorageUnavailable("the database is not connected yet")
+        loop = asyncio.get_running_loop()
         if deadline is None:
-            deadline = asyncio.get_running_loop().time() + self.limits.timeout
+            deadline = loop.time() + self.limits.timeout
+        ended: list[BaseException | None] = [None]
         try:
-            async with asyncio.timeout_at(deadline), self._pool.acquire() as conn:
-                yield conn
+            async with self._pool.acquire(timeout=max(deadline - loop.time(), 0.001)) as conn:
+                with _ended_at(deadline, conn) as ended:
+                    yield conn
         except UNAVAILABLE as error:
-            reason = self.outage.failed(error)
-            if isinstance(error, CONNECTION_LOST):
+            reason = self.outage.failed(ended[0] or error)
+            if isinstance(error, CONNECTION_LOST) and ended[0] is None:
                 await self._pool.expire_connections()  # the others are likely stale too
                 raise ConnectionLost(reason) from None
             raise StorageUnavailable(reason) from None
