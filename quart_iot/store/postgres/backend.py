@@ -309,7 +309,9 @@ class PostgresBackend:
             await asyncio.sleep(self.prune_seconds)
 
     async def _prune(self, counted: bool) -> None:
-        async with self._connection() as conn, conn.transaction():
+        """On a connection of its own: a pass over every version may outlast DB_TIMEOUT."""
+        seconds = self.limits.connect_timeout + self.limits.statement_timeout
+        async with self.db.session(seconds) as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PRUNE_LOCK):
                 return  # another replica is at it
             if self.keep_versions > 0:
