@@ -14,7 +14,7 @@ import contextlib
 import os
 import sys
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -71,10 +71,15 @@ class Skipped:
 
 Item = Document | Kept | Skipped
 K = TypeVar("K", Document, Kept)
+R = TypeVar("R")
 
 
 class CopyError(Exception):
-    """A store cannot be used at all; the message is one line."""
+    """A store cannot be used (exit 2: as given; 1: it failed meanwhile); one line."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Store(Protocol):
@@ -125,18 +130,25 @@ class DirectoryStore:
         self.directory = Directory(path, MAX_BYTES)
         self.shelves = Shelves(self.directory)
 
+    async def _blocking(self, func: Callable[..., R], *args: object) -> R:
+        """Blocking file work in a thread; a failing directory is one line, not a traceback."""
+        try:
+            return await asyncio.to_thread(func, *args)
+        except OSError as error:
+            raise CopyError(f"{self.directory.path}: {error.strerror or error}", 1) from None
+
     async def items(self, history: bool) -> AsyncIterator[Item]:
-        found, skipped = await asyncio.to_thread(self._scan)
+        found, skipped = await self._blocking(self._scan)
         for item in skipped:
             yield item
         macs = set(found)
-        with_history = set(await asyncio.to_thread(self.shelves.macs) if history else [])
+        with_history = set(await self._blocking(self.shelves.macs) if history else [])
         for mac in sorted(macs | with_history):
             if mac in with_history:
-                for kept in await asyncio.to_thread(self._versions, mac):
+                for kept in await self._blocking(self._versions, mac):
                     yield kept
             if mac in macs:
-                yield await asyncio.to_thread(self._document, mac)
+                yield await self._blocking(self._document, mac)
 
     def _scan(self) -> tuple[list[str], list[Skipped]]:
         macs, skipped = [], []
@@ -172,7 +184,7 @@ class DirectoryStore:
         return found
 
     async def held(self) -> tuple[dict[str, str], set[tuple[str, str]]]:
-        return await asyncio.to_thread(self._held)
+        return await self._blocking(self._held)
 
     def _held(self) -> tuple[dict[str, str], set[tuple[str, str]]]:
         if not self.directory.path.exists():
@@ -189,7 +201,7 @@ class DirectoryStore:
         return etags, versions
 
     async def put(self, item: Document | Kept) -> None:
-        await asyncio.to_thread(self._put, item)
+        await self._blocking(self._put, item)
 
     def _put(self, item: Document | Kept) -> None:
         self.directory.path.mkdir(parents=True, exist_ok=True)
@@ -216,7 +228,7 @@ class DirectoryStore:
 
     async def close(self) -> None:
         if self.directory.path.exists():
-            await asyncio.to_thread(self.directory.fsync)
+            await self._blocking(self.directory.fsync)
 
 
 def _odd(entry: os.DirEntry[str]) -> str | None:
@@ -393,11 +405,11 @@ def main(argv: list[str]) -> int:
         print(asyncio.run(run(args)))
     except CopyError as error:
         print(f"quart_iot copy: {error}", file=sys.stderr)
-        return 2
+        return error.code
     except (SchemaTooNew, StorageUnavailable) as error:
         print(f"quart_iot copy: {error}", file=sys.stderr)
         return 1
-    except UNAVAILABLE as error:
+    except UNAVAILABLE as error:  # the database (an OSError too: a refused connection)
         print(f"quart_iot copy: {reason_of(error)}", file=sys.stderr)
         return 1
     return 0

@@ -258,3 +258,14 @@ async def test_a_copy_into_a_database_in_use_runs_beside_its_writes(
         await live.stop()
     assert listed["count"] == len(macs)
     assert writes > 0
+
+
+def test_a_target_directory_that_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flask_directory(tmp_path / "flask")
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / f"{MAC}.json").mkdir()  # where a document would go
+    code, lines = copy(capsys, "--from", str(tmp_path / "flask"), "--to", str(tmp_path / "target"))
+    assert code == 1
+    assert lines[-1] == f"quart_iot copy: {tmp_path / 'target'}: Is a directory"
