@@ -135,6 +135,10 @@ def supervise(workers: list["subprocess.Popen[bytes]"]) -> int:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["copy"]:  # python -m quart_iot copy --from SRC --to DST
+        from quart_iot.copy import main as copy_main
+
+        return copy_main(sys.argv[2:])
     try:
         settings = load_settings()
     except SettingsError as error:

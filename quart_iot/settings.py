@@ -6,9 +6,9 @@ import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Public-key signatures only: never `none`, never an HMAC whose secret could be a public key.
@@ -18,6 +18,16 @@ ASYMMETRIC_ALGORITHMS = (
 MIN_JWKS_REFRESH = 5.0  # seconds
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9.])?")
+# The libpq parameters a DATABASE_URL may carry: those the driver (asyncpg) understands, which
+# would otherwise send an unknown one to the server as a setting (a typo fails every connect).
+DATABASE_URL_PARAMETERS = frozenset(
+    {
+        "host", "port", "dbname", "user", "password", "passfile", "sslmode", "sslcert",
+        "sslkey", "sslrootcert", "sslcrl", "sslpassword", "ssl_min_protocol_version",
+        "ssl_max_protocol_version", "target_session_attrs", "krbsrvname", "gsslib",
+        "application_name",
+    }
+)  # fmt: skip
 
 
 class SettingsError(Exception):
@@ -29,7 +39,16 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
-    esp32_configs_dir: Path
+    # The store: exactly one of the two (a directory, or PostgreSQL).
+    esp32_configs_dir: Path | None = None
+    database_url: str | None = Field(default=None, repr=False)  # may hold a password
+    # PostgreSQL (quart_iot/store/postgres/): the longest a request waits for the database
+    # (then 503 STORAGE_UNAVAILABLE), the connections each process keeps, the longest a
+    # connection attempt takes, and the server-side bound of one statement.
+    db_timeout: float = Field(default=5.0, gt=0, le=300)
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    db_connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    db_statement_timeout: float = Field(default=30.0, gt=0, le=86_400)
     cors_origins: Annotated[list[str], NoDecode] = []
     debug: bool = False
     secret_key: str = Field(default_factory=lambda: secrets.token_hex(32), repr=False)
@@ -84,6 +103,24 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             raise ValueError("must be the path of the configs directory, not empty")
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # DATABASE_URL= (empty): the directory store
+        check_database_url(value.strip())
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _one_store(self) -> "Settings":
+        if (self.esp32_configs_dir is None) == (self.database_url is None):
+            state = "neither is set" if self.esp32_configs_dir is None else "both are set"
+            raise ValueError(
+                "set exactly one of ESP32_CONFIGS_DIR (a directory) and DATABASE_URL "
+                f"(PostgreSQL); {state}"
+            )
+        return self
 
     @field_validator("secret_key")
     @classmethod
@@ -216,6 +253,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_database_url(url: str) -> None:
+    """ValueError unless `url` is a postgresql:// URL the driver can use; the message never
+    repeats the URL (it may hold a password)."""
+    usage = "must be postgresql://user:password@host:port/database"
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"{usage} (unknown scheme)")
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ValueError(f"{usage} (bad port or parameters)") from None
+    unknown = sorted({name for name, _ in query} - DATABASE_URL_PARAMETERS)
+    if unknown:
+        raise ValueError(f"{usage} (unsupported parameter {unknown[0]!r})")
+    if "/" in parts.path[1:] or parts.fragment:
+        raise ValueError(f"{usage} (a path of more than the database name)")
+
+
 def _json_list(value: Any, example: str) -> Any:
     """An environment value as a JSON list (empty: none)."""
     if not isinstance(value, str):
@@ -238,6 +294,7 @@ def describe(error: ValidationError) -> str:
     """One line naming each bad setting by its environment variable."""
     problems = []
     for item in error.errors():
-        name = "_".join(str(part) for part in item["loc"][:1]).upper() or "settings"
-        problems.append(f"{name}: {item['msg']}")
+        name = "_".join(str(part) for part in item["loc"][:1]).upper()
+        # A rule about several settings (exactly one store) names them in its message.
+        problems.append(f"{name}: {item['msg']}" if name else item["msg"].split(", ", 1)[-1])
     return "invalid settings: " + "; ".join(problems)

@@ -12,6 +12,7 @@ from quart.typing import TestClientProtocol
 from quart_iot.app import create_app
 from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore
+from tests.pg import pg_cluster, pg_databases, pg_url  # noqa: F401 (fixtures: a real PostgreSQL)
 
 MAC = "aa-bb-cc-dd-ee-ff"
 OTHER_MAC = "00-11-22-33-44-55"

@@ -33,6 +33,18 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 # A malformed value for every setting (a list where several mistakes are likely).
 MALFORMED = {
     "ESP32_CONFIGS_DIR": ["", "   "],
+    "DATABASE_URL": [
+        "mysql://u:hunter2@db/configs",
+        "postgresql://u:hunter2@db:99999/configs",
+        "postgresql://u:hunter2@db/configs?sslmod=require",
+        "postgresql://u:hunter2@db/configs/extra",
+        "postgresql://u:hunter2@db/configs#part",
+        "postgresql://u:hunter2@db/configs?sslmode",
+    ],
+    "DB_TIMEOUT": ["0", "-1", "soon", "301"],
+    "DB_POOL_SIZE": ["0", "many", "1001"],
+    "DB_CONNECT_TIMEOUT": ["0", "forever"],
+    "DB_STATEMENT_TIMEOUT": ["0", "-5", "long"],
     "CORS_ORIGINS": ["http://a", '{"a": 1}', '["a", 1]'],
     "DEBUG": ["maybe"],
     "SECRET_KEY": [""],
@@ -89,6 +101,8 @@ def test_a_malformed_setting_is_one_line_naming_it(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ESP32_CONFIGS_DIR", str(tmp_path))
+    if name == "DATABASE_URL":  # the one store: no directory beside it
+        monkeypatch.delenv("ESP32_CONFIGS_DIR")
     monkeypatch.setenv(name, value)
     for other, other_value in CONTEXT.get(name, {}).items():
         monkeypatch.setenv(other, other_value)
@@ -98,6 +112,7 @@ def test_a_malformed_setting_is_one_line_naming_it(
     assert message.startswith(f"invalid settings: {name}: "), message
     assert message.count(": ") == 2  # this setting alone
     assert "\n" not in message
+    assert "hunter2" not in message  # a URL's password is never shown
 
 
 def test_a_missing_configs_dir_is_one_line_naming_it(
@@ -106,6 +121,57 @@ def test_a_missing_configs_dir_is_one_line_naming_it(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SettingsError, match="ESP32_CONFIGS_DIR"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "state"),
+    [
+        ({}, "neither is set"),
+        ({"ESP32_CONFIGS_DIR": "/srv/configs", "DATABASE_URL": "postgresql://u:pw@db/c"}, "both"),
+        ({"DATABASE_URL": ""}, "neither is set"),  # empty: unset
+    ],
+)
+def test_exactly_one_store_is_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], state: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == (
+        "invalid settings: set exactly one of ESP32_CONFIGS_DIR (a directory) and DATABASE_URL "
+        f"(PostgreSQL); {state}{' are set' if state == 'both' else ''}"
+    )
+
+
+def test_database_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://iot:s3cret@db.example:5433/configs?sslmode=verify-full&application_name=a"
+    monkeypatch.setenv("DATABASE_URL", f" {url} ")
+    monkeypatch.setenv("DB_TIMEOUT", "2.5")
+    monkeypatch.setenv("DB_POOL_SIZE", "4")
+    settings = load_settings()
+    assert settings.database_url == url
+    assert settings.esp32_configs_dir is None
+    assert (settings.db_timeout, settings.db_pool_size) == (2.5, 4)
+    assert (settings.db_connect_timeout, settings.db_statement_timeout) == (5.0, 30.0)
+    assert "s3cret" not in repr(settings)
+
+
+def test_main_refuses_a_malformed_database_url_without_its_password(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://u:hunter2@db:port/configs"}
+    result = subprocess.run(
+        [sys.executable, "-m", "quart_iot"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "quart_iot: invalid settings: DATABASE_URL: Value error, must be "
+        "postgresql://user:password@host:port/database (bad port or parameters)"
+    ]
 
 
 @pytest.mark.parametrize("level", ["debug", "Warning", " ERROR "])

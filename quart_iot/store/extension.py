@@ -23,7 +23,7 @@ from quart_iot.documents import Document
 from quart_iot.errors import StorageUnavailable, WriteOutlived
 from quart_iot.models import StorageState
 from quart_iot.patch import Operation, make_patch
-from quart_iot.settings import Settings
+from quart_iot.settings import Settings, SettingsError
 from quart_iot.storagetime import timed
 from quart_iot.store.catalogue import Catalogue
 from quart_iot.store.files import Directory
@@ -98,6 +98,8 @@ class ConfigStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ConfigStore":
+        if settings.esp32_configs_dir is None:  # DATABASE_URL: wired with the Backend interface
+            raise SettingsError("DATABASE_URL: the PostgreSQL store is not served by this build")
         return cls(
             settings.esp32_configs_dir,
             max_document_bytes=settings.max_content_length,  # a body's limit is a file's too

@@ -1,0 +1,95 @@
+"""The tables, and their migrations: applied at start, in order, under an advisory lock so that
+replicas starting together never race; `config_schema` records which were applied."""
+
+import logging
+import secrets
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from quart_iot.store.postgres.database import Connection
+
+log = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock keys (any bigint; these spell "quart_io" and "quart_pr" in ASCII).
+MIGRATION_LOCK = 0x71756172745F696F
+PRUNE_LOCK = 0x71756172745F7072
+CHANNEL = "quart_iot_changes"  # NOTIFY payload: "<change id> <mac> <etag or ->"
+
+_MAC_CHECK = r"mac ~ '^[0-9a-f]{2}(-[0-9a-f]{2}){5}$'"
+
+# Each entry is one schema version; never edit one that was released, append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE configs (
+        mac text COLLATE "C" PRIMARY KEY CHECK ({_MAC_CHECK}),
+        data bytea NOT NULL,            -- the stored bytes, as the directory store writes them
+        etag text NOT NULL,             -- etag_of(data)
+        summary bytea NOT NULL,         -- the list item (JSON), rendered once per version
+        change_id bigint NOT NULL       -- the change that made this version current
+    );
+    CREATE TABLE config_versions (
+        mac text COLLATE "C" NOT NULL CHECK ({_MAC_CHECK}),
+        id text COLLATE "C" NOT NULL CHECK (id ~ '^[0-9]{{19}}-[0-9a-f]{{8}}$'),
+        change text NOT NULL CHECK (change IN ('created', 'updated', 'deleted')),
+        data bytea NOT NULL,
+        etag text NOT NULL,
+        summary bytea NOT NULL,
+        size integer NOT NULL,
+        subject text,                   -- who made it (access control on)
+        bulk_change_id text,            -- the bulk change it is part of
+        PRIMARY KEY (mac, id)
+    );
+    CREATE INDEX config_versions_by_age ON config_versions (id);
+    CREATE TABLE config_feed (          -- one row: the change feed's epoch and last id
+        epoch text NOT NULL,
+        last_id bigint NOT NULL
+    );
+    CREATE TABLE config_changes (
+        id bigint PRIMARY KEY,
+        mac text COLLATE "C" NOT NULL,
+        etag text,                      -- NULL: the document is gone
+        at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
+)
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer version of the service than this one."""
+
+    def __init__(self, found: int) -> None:
+        super().__init__(
+            f"the database schema is version {found}, newer than this version of quart_iot "
+            f"knows ({len(MIGRATIONS)}): run the newer version, or restore a backup"
+        )
+
+
+async def migrate(conn: "Connection") -> int:
+    """Bring the schema up to date (SchemaTooNew if it is newer); the version it is at. A
+    schema already up to date is only read (a read-only standby serves reads)."""
+    if await schema_version(conn) == len(MIGRATIONS):
+        return len(MIGRATIONS)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS config_schema ("
+            " version integer PRIMARY KEY, migrated_at timestamptz NOT NULL DEFAULT now())"
+        )
+        found = await schema_version(conn)
+        for version in range(found + 1, len(MIGRATIONS) + 1):
+            await conn.execute(MIGRATIONS[version - 1])
+            if version == 1:
+                await conn.execute("INSERT INTO config_feed VALUES ($1, 0)", secrets.token_hex(4))
+            await conn.execute("INSERT INTO config_schema (version) VALUES ($1)", version)
+            log.info("database schema migrated to version %d", version)
+    return len(MIGRATIONS)
+
+
+async def schema_version(conn: "Connection") -> int:
+    """The schema's version (0: none yet); SchemaTooNew past what this code knows."""
+    if await conn.fetchval("SELECT to_regclass('config_schema')") is None:
+        return 0
+    found: int = await conn.fetchval("SELECT coalesce(max(version), 0) FROM config_schema")
+    if found > len(MIGRATIONS):
+        raise SchemaTooNew(found)
+    return found
