@@ -64,7 +64,7 @@ def agrees(quoted: str, default: Any) -> bool:
     """Whether a default as the docs write it (`10`, `10,000`, `none`, `false`...) is `default`."""
     text = quoted.strip().strip("`").strip()
     if default is None or default == []:
-        return text.lower() in {"none", "unset", "unset (off)", "off", "[]"}
+        return text.lower() in {"none", "unset", "unset (off)", "off", "[]", "one of the two"}
     if isinstance(default, bool):
         return text.lower() == str(default).lower()
     if isinstance(default, int | float):
