@@ -5,6 +5,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from quart import Quart
 
 from quart_iot.errors import (
@@ -18,6 +19,13 @@ from quart_iot.errors import (
     UnknownModel,
     UnsupportedPatchType,
     error_response,
+)
+from quart_iot.models import (
+    DeviceModelDetail,
+    DeviceModelSave,
+    DeviceModelSummary,
+    DeviceModelViolation,
+    JsonPatchRequest,
 )
 from quart_iot.validation import (
     MAX_MESSAGE,
@@ -392,3 +400,48 @@ async def test_the_new_errors_have_the_contracts_body(
         assert "application/json-patch+json" in response.headers["Accept-Patch"]
     if code == "MODEL_IN_USE":
         assert body["details"] == {"devices": 3}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "ESP32"},  # a PUT that forgets the schema must not drop it
+        {"configSchema": None},
+        {"name": "", "configSchema": None},
+        {"name": "x" * 201, "configSchema": None},
+        {"name": "ESP32", "configSchema": True},
+        {"name": "ESP32", "configSchema": []},
+        {"name": "ESP32", "configSchema": None, "config_schema": {}},
+        {"name": 5, "configSchema": None},
+    ],
+)
+def test_a_device_model_body_is_a_name_and_a_schema_or_null(body: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        DeviceModelSave.model_validate(body)
+
+
+def test_device_model_shapes_use_the_issues_names() -> None:
+    saved = DeviceModelSave.model_validate({"name": "ESP32", "configSchema": esp32_schema()})
+    assert saved.config_schema == esp32_schema()
+    assert DeviceModelSave.model_validate({"name": "n", "configSchema": None}).config_schema is None
+    detail = DeviceModelDetail(
+        code=MODEL_CODE, name="n", has_schema=True, device_count=2, config_schema={}
+    )
+    assert detail.model_dump(by_alias=True) == {
+        "code": MODEL_CODE,
+        "name": "n",
+        "has_schema": True,
+        "device_count": 2,
+        "configSchema": {},
+    }
+    with pytest.raises(ValidationError):
+        DeviceModelSummary(code="ESP32", name="n", has_schema=False, device_count=0)
+    found = violations(check_schema(esp32_schema()), esp32_invalid_device())
+    items = [DeviceModelViolation.model_validate(item) for item in found.as_json()]
+    assert [(item.path, item.keyword) for item in items] == INVALID_VIOLATIONS
+
+
+def test_a_json_patch_body_documents_from() -> None:
+    body = JsonPatchRequest.model_validate([{"op": "move", "from": "/a", "path": "/b"}])
+    assert body.root[0].from_ == "/a"
+    assert body.root[0].model_dump(by_alias=True)["from"] == "/a"
