@@ -9,7 +9,7 @@ fails, a path that does not exist, an index past the end) is PatchConflict (409)
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +81,7 @@ def escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
-def pointer(tokens: Any) -> str:
+def pointer(tokens: Iterable[str | int]) -> str:
     """A JSON Pointer from its reference tokens (strings, or array indexes)."""
     return "".join(f"/{escape(str(token))}" for token in tokens)
 
