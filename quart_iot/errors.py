@@ -101,6 +101,117 @@ class PreconditionFailed(ApiError):
         super().__init__(f"Config {mac} does not match the {header} condition")
 
 
+class InvalidModelCode(ApiError):
+    status, code = 400, "INVALID_OPERATION"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Invalid device model code: expected 1 to 64 characters of a-z, 0-9 and _, "
+            "like esp32_devkitc"
+        )
+
+
+class ModelNotFound(ApiError):
+    status, code = 404, "RECORD_NOT_FOUND"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"Device model {model} was not found")
+
+
+class UnknownModel(ApiError):
+    """The content names a device model that nobody defined (or no model code at all)."""
+
+    status, code = 422, "UNKNOWN_MODEL"
+
+    def __init__(self, model: object) -> None:
+        if isinstance(model, str) and len(model) <= 64:
+            super().__init__(
+                f"The content names device model {model!r} (deviceModel), which is not defined",
+                {"deviceModel": model},
+            )
+        else:  # not a code at all: not echoed (it may be large)
+            super().__init__(
+                "The content's deviceModel is not a device model code (1 to 64 characters of "
+                "a-z, 0-9 and _)",
+                {"deviceModel": None},
+            )
+
+
+class ModelInUse(ApiError):
+    status, code = 409, "MODEL_IN_USE"
+
+    def __init__(self, model: str, devices: int) -> None:
+        super().__init__(
+            f"Device model {model} is named by {devices} device config(s): change their "
+            "deviceModel first",
+            {"devices": devices},
+        )
+
+
+def _first(violations: list[dict[str, str]], truncated: bool) -> str:
+    """How many violations, and the first: the sentence of a schema error."""
+    count = f"{len(violations)}{' or more' if truncated else ''} violation(s)"
+    first = violations[0]
+    return f"{count}, the first at {first['path'] or 'the top'}: {first['message']}"
+
+
+class InvalidSchema(ApiError):
+    """A configSchema that is not a draft 2020-12 JSON Schema we can use."""
+
+    status, code = 422, "INVALID_SCHEMA"
+
+    def __init__(self, violations: list[dict[str, str]], truncated: bool = False) -> None:
+        super().__init__(
+            "configSchema is not a valid JSON Schema (draft 2020-12): "
+            + _first(violations, truncated),
+            {"violations": violations, "truncated": truncated},
+        )
+
+
+class SchemaViolation(ApiError):
+    """Content that does not conform to the schema of the model it names; nothing was written."""
+
+    status, code = 422, "SCHEMA_VIOLATION"
+
+    def __init__(self, model: str, violations: list[dict[str, str]], truncated: bool) -> None:
+        super().__init__(
+            f"The content does not conform to the configSchema of device model {model}: "
+            + _first(violations, truncated),
+            {"deviceModel": model, "violations": violations, "truncated": truncated},
+        )
+
+
+class InvalidPatch(InvalidBody):
+    """A PATCH body that is not a patch (400 whatever the document)."""
+
+    def __init__(self, message: str, loc: list[str | int], kind: str = "value_error") -> None:
+        super().__init__(message, {"errors": [{"loc": loc, "msg": message, "type": kind}]})
+
+
+class PatchConflict(ApiError):
+    """A well-formed JSON Patch that does not apply to the current document."""
+
+    status, code = 409, "PATCH_CONFLICT"
+
+    def __init__(self, operation: int, op: str, path: str, reason: str) -> None:
+        super().__init__(
+            f'Operation {operation} ({op} "{path}") does not apply: {reason}',
+            {"operation": operation, "op": op, "path": path},
+        )
+
+
+class UnsupportedPatchType(ApiError):
+    status, code = 415, "UNSUPPORTED_MEDIA_TYPE"
+    # RFC 5789 3.1: a 415 to a PATCH says which patch documents are accepted.
+    headers = {"Accept-Patch": "application/merge-patch+json, application/json-patch+json"}  # noqa: RUF012
+
+    def __init__(self) -> None:
+        super().__init__(
+            "A PATCH body must be sent as Content-Type: application/merge-patch+json (RFC 7396) "
+            "or application/json-patch+json (RFC 6902)"
+        )
+
+
 class HostNotAllowed(ApiError):
     # 421 Misdirected Request (RFC 9110 15.5.20): not a host this server answers for.
     status, code = 421, "HOST_NOT_ALLOWED"

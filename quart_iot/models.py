@@ -1,9 +1,11 @@
 """Request and response models at the HTTP edge, each built in one place."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
+
+from quart_iot.validation import MODEL_CODE_PATTERN
 
 StorageState = Literal["read-write", "read-only", "writes-blocked", "unavailable"]
 MqttState = Literal["connected", "disconnected", "disabled"]
@@ -151,3 +153,102 @@ class DiffQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     to: str | None = None
+
+
+# -- device models (issue 20): the bodies and answers of /api/models and PATCH -----------------
+
+ModelCode = Annotated[
+    str,
+    Field(
+        pattern=f"^{MODEL_CODE_PATTERN}$",
+        examples=["esp32_devkitc"],
+        description="The model's code",
+    ),
+]
+
+
+class DeviceModelSave(BaseModel):
+    """The PUT body of a device model. Both fields are required (configSchema may be null), so
+    a PUT that forgets the schema cannot drop it; unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, examples=["ESP32-DevKitC node"])
+    config_schema: dict[str, Any] | None = Field(
+        alias="configSchema",
+        description="A JSON Schema (draft 2020-12) that every config naming this model in its "
+        "top-level `deviceModel` must meet; null: no validation. `$ref`s resolve only inside it.",
+    )
+
+
+class DeviceModelSummary(BaseModel):
+    """One device model in the list."""
+
+    code: ModelCode
+    name: str
+    has_schema: bool = Field(description="Whether configSchema is set (not null)")
+    device_count: int = Field(description="Device configs whose `deviceModel` names this model")
+
+
+class DeviceModelDetail(DeviceModelSummary):
+    """One device model: its summary and its configSchema."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    config_schema: dict[str, Any] | None = Field(alias="configSchema")
+
+
+class DeviceModelList(BaseModel):
+    """Every device model, sorted by code."""
+
+    models: list[DeviceModelSummary]
+    count: int
+
+
+class DeviceModelViolation(BaseModel):
+    """One way a document breaks its model's schema (or a schema breaks the meta-schema)."""
+
+    path: str = Field(
+        examples=["/mqtt/port"], description="JSON Pointer (RFC 6901) to the offending value"
+    )
+    keyword: str = Field(examples=["type"], description="The JSON Schema keyword it fails")
+    message: str = Field(examples=['"1883x" is not of type "integer"'])
+
+
+class DeviceModelNonconforming(BaseModel):
+    """A device whose document does not meet its model's schema as it is now."""
+
+    mac_address: str = Field(examples=["aa-bb-cc-dd-ee-ff"])
+    device_name: str | None
+    violations: list[DeviceModelViolation] = Field(description="At most 50")
+    truncated: bool = Field(description="There were more than 50")
+
+
+class DeviceModelViolations(BaseModel):
+    """The devices naming a model whose documents do not meet its schema now, by MAC."""
+
+    code: ModelCode
+    checked: int = Field(description="Device configs naming the model")
+    devices: list[DeviceModelNonconforming]
+    count: int
+
+
+class JsonPatchRequestOperation(BaseModel):
+    """One RFC 6902 operation of a PATCH body (members it does not define are ignored)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    op: Literal["add", "remove", "replace", "move", "copy", "test"]
+    path: str = Field(description="JSON Pointer (RFC 6901); array indexes have no leading zero")
+    from_: str | None = Field(
+        default=None, alias="from", description="JSON Pointer: the source of move and copy"
+    )
+    value: Any = Field(default=None, description="For add, replace and test (null is a value)")
+
+
+class JsonPatchRequest(RootModel[list[JsonPatchRequestOperation]]):
+    """`application/json-patch+json` (RFC 6902): operations applied in order, all or none."""
+
+
+class MergePatchRequest(RootModel[dict[str, Any]]):
+    """`application/merge-patch+json` (RFC 7396): members to set; null removes a member."""
