@@ -253,8 +253,9 @@ class _Parser:
         try:  # the json module's own (C) string scanner: its escapes, its errors' positions
             scan = json.decoder.scanstring  # type: ignore[attr-defined]  # not in typeshed
             value, self.pos = scan(self.text, start + 1, True)
-        except json.JSONDecodeError as error:
-            self.fail(_string_problem(error.msg), error.pos)
+        except json.JSONDecodeError as error:  # at the backslash of a bad escape, like \\q
+            at = error.pos - 1 if self.text[error.pos - 1 : error.pos + 1] == "\\u" else error.pos
+            self.fail(_string_problem(error.msg), at)
         if _SURROGATE.search(value):
             self.fail("the string holds a lone UTF-16 surrogate, which is not Unicode", start)
         if "\x00" in value:
