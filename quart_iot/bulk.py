@@ -5,8 +5,9 @@ A change is written as: journal `running` (every device planned: the ETag it rea
 ETag its write will give, the document before) -> one conditional write per device (If-Match
 the ETag read, the change's id kept with the version) -> journal `completed` with each
 outcome. Whatever stops it, each device is at the ETag before or the ETag after (or at
-another writer's, a conflict), and `recover` tells which from the ETags alone. The store
-calls that use these are phase 2 (see the design note in docs/API.md, "Bulk changes").
+another writer's, a conflict), and `recover` tells which from the ETags alone (an ETag is
+the hash of the stored bytes, so the one a write will give is known before it is made). The
+routes and the store calls that use these come with the second part of issue 21.
 """
 
 import secrets
@@ -124,19 +125,11 @@ def start_journal(
     filter_text: str,
     patch: Document | None,
     revert_of: str | None = None,
+    violations: Mapping[str, list[dict[str, Any]]] | None = None,
 ) -> Journal:
-    """The journal before the first write: a device with nothing to change is decided."""
-    entries = [
-        JournalEntry(
-            mac=plan.mac,
-            etag_before=plan.etag_before,
-            etag_after=plan.etag_after,
-            before=plan.before,
-            status=None if plan.changes else "unchanged",
-            etag=None if plan.changes else plan.etag_before,
-        )
-        for plan in plans
-    ]
+    """The journal before the first write: a device with nothing to change, or whose result
+    breaks its model (`violations` by MAC), is decided already and will not be written."""
+    entries = [_planned_entry(plan, (violations or {}).get(plan.mac)) for plan in plans]
     return Journal(
         change_id=change_id,
         state="running",
@@ -147,6 +140,27 @@ def start_journal(
         patch=patch,
         revert_of=revert_of,
         devices=entries,
+    )
+
+
+def planned_status(plan: DevicePlan, violations: list[Any] | None) -> DeviceStatus | None:
+    """What is decided before anything is written: unchanged (whatever the document's model
+    says of it: the change did not make it so), invalid, or None (to be written)."""
+    if not plan.changes:
+        return "unchanged"
+    return "invalid" if violations else None
+
+
+def _planned_entry(plan: DevicePlan, violations: list[dict[str, Any]] | None) -> JournalEntry:
+    status = planned_status(plan, violations)
+    return JournalEntry(
+        mac=plan.mac,
+        etag_before=plan.etag_before,
+        etag_after=plan.etag_after,
+        before=plan.before,
+        status=status,
+        etag=None if status is None else plan.etag_before,
+        violations=violations or None,
     )
 
 

@@ -1,11 +1,12 @@
 """Request and response models at the HTTP edge, each built in one place."""
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
 
-from quart_iot.bulk import DevicePlan, Journal
+from quart_iot.bulk import DevicePlan, Journal, planned_status
 
 StorageState = Literal["read-write", "read-only", "writes-blocked", "unavailable"]
 MqttState = Literal["connected", "disconnected", "disabled"]
@@ -201,12 +202,14 @@ class DeviceChange(BaseModel):
     )
 
 
-def _planned(plan: DevicePlan) -> DeviceChange:
+def _planned(plan: DevicePlan, violations: list[dict[str, Any]] | None) -> DeviceChange:
     """A dry run's entry: what the change would do, and its diff."""
+    status = planned_status(plan, violations) or "changed"
     return DeviceChange(
         mac_address=plan.mac,
-        status="changed" if plan.changes else "unchanged",
-        etag=plan.etag_after,
+        status=status,
+        etag=plan.etag_after if status == "changed" else plan.etag_before,
+        violations=[Violation(**v) for v in violations] if violations else None,
         diff=[PatchOperation(**operation) for operation in plan.diff],
     )
 
@@ -222,9 +225,11 @@ class ChangeResult(BaseModel):
     count: int
 
     @classmethod
-    def dry_run(cls, plans: list[DevicePlan]) -> "ChangeResult":
-        """What a change would do, written nowhere."""
-        devices = [_planned(plan) for plan in plans]
+    def dry_run(
+        cls, plans: list[DevicePlan], violations: Mapping[str, list[dict[str, Any]]] | None = None
+    ) -> "ChangeResult":
+        """What a change would do (`violations` by MAC: results that break their model)."""
+        devices = [_planned(plan, (violations or {}).get(plan.mac)) for plan in plans]
         return cls(changeId=None, dryRun=True, devices=devices, count=len(devices))
 
     @classmethod

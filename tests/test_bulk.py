@@ -294,6 +294,10 @@ def test_the_record_and_the_answers_from_a_journal() -> None:
     ]
     assert dry["devices"][1]["etag"] == plans[1].etag_after
 
+    running = ChangeRecord.of(journal).model_dump(mode="json")
+    assert running["state"] == "running"
+    assert running["completedAt"] is None
+    assert [d["status"] for d in running["devices"]] == ["unchanged"]  # the others: not yet
     journal.devices[1].status, journal.devices[1].etag = "changed", plans[1].etag_after
     journal.devices[2].status, journal.devices[2].etag = "invalid", plans[2].etag_before
     journal.devices[2].violations = [{"path": "/mqtt/host", "keyword": "format", "message": "m"}]
@@ -317,3 +321,45 @@ def test_the_record_and_the_answers_from_a_journal() -> None:
     answer = ChangeResult.of(journal).model_dump(mode="json")
     assert answer["count"] == 3
     assert answer["devices"] == record["devices"]
+
+
+def test_a_result_that_breaks_its_model_is_invalid_and_never_written() -> None:
+    fleet = _fleet(4)
+    devices = [(mac, *fleet.read(mac)) for mac in sorted(fleet.documents)]
+    plans = plan_change(devices, {"mqtt": {"host": "broker.lan", "port": "1883x"}})
+    broken = [{"path": "/mqtt/port", "keyword": "type", "message": "'1883x' is not an integer"}]
+    violations = {plans[1].mac: broken, plans[2].mac: broken}
+    journal = start_journal(
+        new_change_id(),
+        plans,
+        subject=None,
+        comment=None,
+        filter_text="exists(mqtt)",
+        patch={"mqtt": {"port": "1883x"}},
+        violations=violations,
+    )
+    assert [entry.status for entry in journal.devices] == [None, "invalid", "invalid", None]
+    assert journal.devices[1].violations == broken
+    assert journal.devices[1].etag == plans[1].etag_before
+    dry = ChangeResult.dry_run(plans, violations).model_dump(mode="json")["devices"]
+    assert [d["status"] for d in dry] == ["changed", "invalid", "invalid", "changed"]
+    assert dry[1]["violations"] == broken
+    assert dry[1]["etag"] == plans[1].etag_before
+    assert dry[0]["etag"] == plans[0].etag_after
+    assert dry[0]["violations"] is None
+
+
+def test_a_patch_that_changes_nothing_is_unchanged_whatever_the_model_says() -> None:
+    content = {"mqtt": {"port": "1883x"}}
+    plan = plan_device("m", content, etag_of(dump_document(content)), content)
+    broken = [{"path": "/mqtt/port", "keyword": "type", "message": "not an integer"}]
+    journal = start_journal(
+        new_change_id(),
+        [plan],
+        subject=None,
+        comment=None,
+        filter_text="exists(mqtt)",
+        patch={},
+        violations={"m": broken},
+    )
+    assert journal.devices[0].status == "unchanged"
