@@ -56,8 +56,32 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _selections(socket_dir: str) -> dict[str, set[str]]:
-    connection = await asyncpg.connect(host=socket_dir, user="postgres", database="postgres")
+# The default collation must not matter (strings are ordered by code point, as in Python):
+# one database sorts as C, the other as ICU's English ("a" < "Z" there).
+DATABASES = {
+    "c": "CREATE DATABASE c TEMPLATE template0 LOCALE 'C.UTF-8'",
+    "icu": "CREATE DATABASE icu TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+    "LOCALE 'C.UTF-8'",
+}
+
+
+async def _create_databases(socket_dir: str) -> None:
+    admin = await asyncpg.connect(host=socket_dir, user="postgres", database="postgres")
+    try:
+        for statement in DATABASES.values():
+            await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
+def databases(postgres: str) -> str:
+    asyncio.run(_create_databases(postgres))
+    return postgres
+
+
+async def _selections(socket_dir: str, database: str) -> dict[str, set[str]]:
+    connection = await asyncpg.connect(host=socket_dir, user="postgres", database=database)
     try:
         await connection.execute(TABLE)
         rows = [(mac, json.dumps(content)) for mac, content in DOCUMENTS.items()]
@@ -73,9 +97,22 @@ async def _selections(socket_dir: str) -> dict[str, set[str]]:
         await connection.close()
 
 
-@pytest.fixture(scope="module")
-def selected_by_sql(postgres: str) -> dict[str, set[str]]:
-    return asyncio.run(_selections(postgres))
+@pytest.fixture(scope="module", params=sorted(DATABASES))
+def selected_by_sql(databases: str, request: pytest.FixtureRequest) -> dict[str, set[str]]:
+    return asyncio.run(_selections(databases, request.param))
+
+
+async def _sorted_by_default_collation(socket_dir: str) -> list[str]:
+    connection = await asyncpg.connect(host=socket_dir, user="postgres", database="icu")
+    try:
+        rows = await connection.fetch("SELECT x FROM unnest(ARRAY['a', 'Z']) x ORDER BY x")
+        return [row["x"] for row in rows]
+    finally:
+        await connection.close()
+
+
+def test_the_icu_database_sorts_otherwise_than_code_points(databases: str) -> None:
+    assert asyncio.run(_sorted_by_default_collation(databases)) == ["a", "Z"]
 
 
 @pytest.mark.parametrize("text", FILTERS)

@@ -1,4 +1,8 @@
-"""The parsed form of an RQL filter: properties, values, like-patterns and the operators."""
+"""The parsed form of an RQL filter: properties, values, like-patterns and the operators.
+
+Nodes compare with Python's `==`, where `True == 1 == 1.0`: `eq(x,1)` and `eq(x,true)` are
+equal nodes. Key a cache of filters by their text, not by their nodes.
+"""
 
 from dataclasses import dataclass
 from enum import Enum
