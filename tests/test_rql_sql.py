@@ -31,6 +31,12 @@ def _as_postgres_user(command: list[str]) -> list[str]:
     return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
 
 
+def _run(command: list[str]) -> None:
+    done = subprocess.run(_as_postgres_user(command), capture_output=True, text=True, check=False)
+    if done.returncode:
+        pytest.fail(f"{command[0]} failed: {done.stdout}{done.stderr}")
+
+
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
     """The socket directory of a fresh cluster (user postgres, database postgres)."""
@@ -42,12 +48,10 @@ def postgres() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(directory, "nobody", "nogroup")
     data = str(directory / "data")
-    run = [str(PG_BIN / "initdb"), "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"]
-    subprocess.run(_as_postgres_user([*run, "-E", "UTF8", "--locale=C.UTF-8"]), check=True,
-                   capture_output=True)  # fmt: skip
+    init = [str(PG_BIN / "initdb"), "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"]
+    _run([*init, "-E", "UTF8", "--locale=C.UTF-8"])
     options = f"-c listen_addresses='' -k {directory} -c fsync=off"
-    start = [str(PG_BIN / "pg_ctl"), "-D", data, "-o", options, "-l", f"{data}/log", "-w"]
-    subprocess.run(_as_postgres_user([*start, "start"]), check=True, capture_output=True)
+    _run([str(PG_BIN / "pg_ctl"), "-D", data, "-o", options, "-l", f"{data}/log", "-w", "start"])
     try:
         yield str(directory)
     finally:
