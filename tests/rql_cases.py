@@ -215,3 +215,7 @@ FILTERS = [
     'eq(deviceName,"\'; DROP TABLE documents; --")',
     'like(deviceName,"%\'--")',
 ]
+# The largest filters the bounds allow: as many operators, and as deep, as a filter may be.
+FILTERS.append("or(" + ",".join(f"eq(version,{n})" for n in range(255)) + ")")
+FILTERS.append("and(" + ",".join(["exists(mqtt)"] * 254) + ',like(deviceName,"*e*"))')
+FILTERS.append("not(" * 31 + "exists(mqtt/host)" + ")" * 31)

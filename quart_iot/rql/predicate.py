@@ -49,13 +49,17 @@ def compile_filter(node: Node) -> Predicate:
 
 
 def _junction(node: Junction) -> Predicate:
-    first, *rest = [compile_filter(term) for term in node.terms]
-    if not rest:
-        return first
-    second = _junction(Junction(node.op, node.terms[1:]))
+    terms = tuple(compile_filter(term) for term in node.terms)
+    if len(terms) == 1:
+        return terms[0]
+    if len(terms) == 2:  # the common case, without a generator
+        first, second = terms
+        if node.op == "and":
+            return lambda mac, content: first(mac, content) and second(mac, content)
+        return lambda mac, content: first(mac, content) or second(mac, content)
     if node.op == "and":
-        return lambda mac, content: first(mac, content) and second(mac, content)
-    return lambda mac, content: first(mac, content) or second(mac, content)
+        return lambda mac, content: all(term(mac, content) for term in terms)
+    return lambda mac, content: any(term(mac, content) for term in terms)
 
 
 def _atom(prop: Property, test: Test) -> Predicate:
