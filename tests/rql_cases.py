@@ -216,6 +216,7 @@ FILTERS = [
     'like(deviceName,"%\'--")',
 ]
 # The largest filters the bounds allow: as many operators, and as deep, as a filter may be.
-FILTERS.append("or(" + ",".join(f"eq(version,{n})" for n in range(255)) + ")")
-FILTERS.append("and(" + ",".join(["exists(mqtt)"] * 254) + ',like(deviceName,"*e*"))')
+FILTERS.append("or(" + ",".join(f"eq(version,{n})" for n in range(63)) + ")")
+FILTERS.append("and(" + ",".join(["exists(mqtt)"] * 62) + ',like(deviceName,"*e*"))')
+FILTERS.append("in(version," + ",".join(str(n) for n in range(256)) + ")")
 FILTERS.append("not(" * 31 + "exists(mqtt/host)" + ")" * 31)

@@ -11,7 +11,13 @@ from quart_iot.errors import InvalidFields, InvalidFilter
 from quart_iot.rql import Fields, Filter
 from quart_iot.rql.nodes import Compare, Glob, Junction, Property, Wildcard
 from quart_iot.rql.predicate import compile_filter
-from quart_iot.rql.syntax import MAX_DEPTH, MAX_LENGTH, MAX_TERMS, parse_filter
+from quart_iot.rql.syntax import (
+    MAX_DEPTH,
+    MAX_LENGTH,
+    MAX_OPERATORS,
+    MAX_VALUES,
+    parse_filter,
+)
 from tests.rql_cases import DOCUMENTS
 
 # The hand-made documents of tests/rql_cases.py, by their last digit.
@@ -190,7 +196,7 @@ def test_a_malformed_filter_names_its_position(text: str, position: int, problem
     assert error.details["near"] == text[position : position + 24]
 
 
-def test_bounds_length_depth_and_terms() -> None:
+def test_bounds_length_depth_operators_and_values() -> None:
     longest = 'eq(a,"' + "x" * (MAX_LENGTH - 8) + '")'
     assert len(longest) == MAX_LENGTH
     Filter(longest)
@@ -202,13 +208,14 @@ def test_bounds_length_depth_and_terms() -> None:
     too_deep = "not(" * MAX_DEPTH + "exists(a)" + ")" * MAX_DEPTH
     assert _position(too_deep) == 4 * MAX_DEPTH
 
-    most = "or(" + ",".join(["exists(a)"] * (MAX_TERMS - 1)) + ")"
+    most = "or(" + ",".join(["exists(a)"] * (MAX_OPERATORS - 1)) + ")"
     Filter(most)
-    too_many = "or(" + ",".join(["exists(a)"] * MAX_TERMS) + ")"
+    too_many = "or(" + ",".join(["exists(a)"] * MAX_OPERATORS) + ")"
     assert _position(too_many) == len(too_many) - len("exists(a))")
-    values = "in(a," + ",".join(["1"] * (MAX_TERMS - 1)) + ")"
+
+    values = "or(in(a," + ",".join(["1"] * (MAX_VALUES - 1)) + "),in(b,2))"
     Filter(values)
-    assert _position(values.replace("in(a,", "in(a,1,")) == len(values)
+    assert _position(values.replace("in(b,2)", "in(b,2,3)")) == len(values) - 1
 
 
 def _position(text: str) -> int:
