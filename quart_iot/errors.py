@@ -212,6 +212,28 @@ class UnsupportedPatchType(ApiError):
         )
 
 
+class InvalidFilter(ApiError):
+    """A malformed RQL filter (or `fields` list): the message and `details` name the position."""
+
+    status, code = 400, "INVALID_FILTER"
+
+    def __init__(self, problem: str, text: str, position: int, parameter: str = "filter") -> None:
+        near = text[position : position + 24]
+        super().__init__(
+            f"Invalid {parameter} at position {position}: {problem}",
+            {"parameter": parameter, "position": position, "near": near, "problem": problem},
+        )
+        self.position = position
+        self.problem = problem
+
+
+class InvalidFields(InvalidFilter):
+    status, code = 400, "INVALID_FIELDS"
+
+    def __init__(self, problem: str, text: str, position: int) -> None:
+        super().__init__(problem, text, position, "fields")
+
+
 class HostNotAllowed(ApiError):
     # 421 Misdirected Request (RFC 9110 15.5.20): not a host this server answers for.
     status, code = 421, "HOST_NOT_ALLOWED"

@@ -1,10 +1,12 @@
 """Request and response models at the HTTP edge, each built in one place."""
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
 
+from quart_iot.bulk import DevicePlan, Journal, planned_status
 from quart_iot.validation import MODEL_CODE_PATTERN
 
 StorageState = Literal["read-write", "read-only", "writes-blocked", "unavailable"]
@@ -252,3 +254,154 @@ class JsonPatchRequest(RootModel[list[JsonPatchRequestOperation]]):
 
 class MergePatchRequest(RootModel[dict[str, Any]]):
     """`application/merge-patch+json` (RFC 7396): members to set; null removes a member."""
+
+
+# -- fleet search and bulk changes (issue 21) --------------------------------------------------
+# Field names as the issue gives them (`changeId`, `dryRun`): the change's own fields are
+# camelCase, each device's snake_case like the list's entries.
+
+ChangeStatus = Literal["changed", "unchanged", "conflict", "invalid", "not_applied"]
+
+
+class ChangeRequest(BaseModel):
+    """A bulk change: a JSON merge patch (RFC 7396) for every device the filter selects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter: str = Field(examples=['and(eq(deviceModel,"relay_board"),ne(mqtt/host,"broker.lan"))'])
+    patch: dict[str, Any] = Field(examples=[{"mqtt": {"host": "broker.lan"}}])
+    dryRun: StrictBool = Field(  # noqa: N815 - the issue's name
+        default=False, description="Write nothing; each device's entry shows its diff"
+    )
+    comment: str | None = Field(default=None, max_length=1000)
+
+
+class Violation(BaseModel):
+    """Where a document breaks its model's schema."""
+
+    path: str = Field(description="JSON Pointer (RFC 6901) to the value")
+    keyword: str = Field(description="The JSON Schema keyword that failed")
+    message: str
+
+
+class DeviceChange(BaseModel):
+    """One device's outcome in a change: `changed` (written), `unchanged` (nothing to write),
+    `conflict` (written by someone else after the change read it, or gone: left alone),
+    `invalid` (the result breaks the device's model: left alone), `not_applied` (the change
+    was interrupted before this device)."""
+
+    mac_address: str
+    status: ChangeStatus
+    etag: str | None = Field(
+        description="changed: the ETag written (in a dry run, the one it would write); "
+        "unchanged, invalid: the device's; conflict: the other writer's (null: deleted)"
+    )
+    violations: list[Violation] | None = Field(default=None, description="invalid only")
+    diff: list[PatchOperation] | None = Field(
+        default=None, description="Dry run only: the RFC 6902 diff the change would make"
+    )
+
+
+def _planned(plan: DevicePlan, violations: list[dict[str, Any]] | None) -> DeviceChange:
+    """A dry run's entry: what the change would do, and its diff."""
+    status = planned_status(plan, violations) or "changed"
+    return DeviceChange(
+        mac_address=plan.mac,
+        status=status,
+        etag=plan.etag_after if status == "changed" else plan.etag_before,
+        violations=[Violation(**v) for v in violations] if violations else None,
+        diff=[PatchOperation(**operation) for operation in plan.diff],
+    )
+
+
+class ChangeResult(BaseModel):
+    """The answer to a bulk change or a revert: one entry per device the filter selected."""
+
+    changeId: str | None = Field(  # noqa: N815 - the issue's name
+        description="The change's id in the history (null for a dry run, which is not kept)"
+    )
+    dryRun: bool  # noqa: N815 - the issue's name
+    devices: list[DeviceChange]
+    count: int
+
+    @classmethod
+    def dry_run(
+        cls, plans: list[DevicePlan], violations: Mapping[str, list[dict[str, Any]]] | None = None
+    ) -> "ChangeResult":
+        """What a change would do (`violations` by MAC: results that break their model)."""
+        devices = [_planned(plan, (violations or {}).get(plan.mac)) for plan in plans]
+        return cls(changeId=None, dryRun=True, devices=devices, count=len(devices))
+
+    @classmethod
+    def of(cls, journal: Journal) -> "ChangeResult":
+        """The answer of a change once its journal is complete."""
+        devices = ChangeRecord.of(journal).devices
+        return cls(changeId=journal.change_id, dryRun=False, devices=devices, count=len(devices))
+
+
+class ChangeSummary(BaseModel):
+    """A change as the list of recent changes shows it."""
+
+    changeId: str  # noqa: N815 - the issue's name
+    state: Literal["running", "completed", "interrupted"] = Field(
+        description="interrupted: the process stopped during the change; each device's "
+        "status says whether the change wrote it (changed) or not (not_applied)"
+    )
+    createdAt: datetime  # noqa: N815
+    completedAt: datetime | None  # noqa: N815
+    subject: str | None = Field(description="Who made the change (the token's subject)")
+    comment: str | None
+    filter: str
+    patch: dict[str, Any] | None = Field(description="null for a revert")
+    revertOf: str | None = Field(description="The change this one reverts")  # noqa: N815
+    counts: dict[ChangeStatus, int] = Field(description="Devices by status")
+
+    @classmethod
+    def from_journal(cls, journal: Journal, **extra: Any) -> Self:
+        """Built from the journal a store keeps."""
+        counts: dict[ChangeStatus, int] = {}
+        for entry in journal.devices:
+            if entry.status is not None:
+                counts[entry.status] = counts.get(entry.status, 0) + 1
+        return cls(
+            changeId=journal.change_id,
+            state=journal.state,
+            createdAt=journal.created_at,
+            completedAt=journal.completed_at,
+            subject=journal.subject,
+            comment=journal.comment,
+            filter=journal.filter,
+            patch=journal.patch,
+            revertOf=journal.revert_of,
+            counts=counts,
+            **extra,
+        )
+
+
+class ChangeRecord(ChangeSummary):
+    """A change: who, when, why, what, and each device's outcome."""
+
+    devices: list[DeviceChange]
+
+    @classmethod
+    def of(cls, journal: Journal) -> "ChangeRecord":
+        """Built from the journal a store keeps (a running change's undecided devices are
+        left out until decided)."""
+        devices = [
+            DeviceChange(
+                mac_address=entry.mac,
+                status=entry.status,
+                etag=entry.etag,
+                violations=[Violation(**v) for v in entry.violations] if entry.violations else None,
+            )
+            for entry in journal.devices
+            if entry.status is not None
+        ]
+        return cls.from_journal(journal, devices=devices)
+
+
+class ChangeList(BaseModel):
+    """Recent changes, newest first."""
+
+    changes: list[ChangeSummary]
+    count: int
