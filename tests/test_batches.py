@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from quart_iot.batches import BatchedThreads
 from quart_iot.store import ConfigStore, StoredConfig
-from quart_iot.store.files import Directory
+from quart_iot.store.directory.batches import BatchedThreads
+from quart_iot.store.directory.files import Directory
 from tests.conftest import MAC
 
 _request = contextvars.ContextVar("request", default="-")

@@ -15,8 +15,8 @@ import pytest
 
 from quart_iot.documents import Document, parse_document
 from quart_iot.store import ConfigStore, Signature
-from quart_iot.store.files import Directory
-from quart_iot.store.index import Index
+from quart_iot.store.directory.files import Directory
+from quart_iot.store.directory.index import Index
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
 from tests.server import running_server
 
@@ -265,7 +265,7 @@ async def test_get_parses_a_file_again_only_when_it_changed(
         parsed.append(data)
         return parse_document(data)
 
-    monkeypatch.setattr("quart_iot.store.index.parse_document", counting)
+    monkeypatch.setattr("quart_iot.store.directory.index.parse_document", counting)
     for _ in range(3):
         body = await (await client.get(f"/api/configs/{MAC}")).get_json()
         assert body["device_name"] == "one"

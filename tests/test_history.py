@@ -432,10 +432,10 @@ def test_listing_many_histories_keeps_the_caches_within_their_budget(
 ) -> None:
     # A reader walking every device's history (a backup script, a hostile client) must not
     # make the process keep every version it saw: 60 devices x 50 versions here.
-    import quart_iot.store.catalogue
+    import quart_iot.store.directory.catalogue
 
     budget = 64 * 1024  # for each of the two caches: the versions' items, the listings
-    monkeypatch.setattr(quart_iot.store.catalogue, "CACHE_BYTES", budget, raising=False)
+    monkeypatch.setattr(quart_iot.store.directory.catalogue, "CACHE_BYTES", budget, raising=False)
     monkeypatch.setattr(os, "fsync", lambda fd: None)  # about memory, not durability
     store = ConfigStore(configs_dir, history_max_versions=50)
     macs = [f"aa-bb-cc-dd-{i >> 8:02x}-{i & 255:02x}" for i in range(60)]

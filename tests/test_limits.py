@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-import quart_iot.store.index
-import quart_iot.store.sweeper
+import quart_iot.store.directory.index
+import quart_iot.store.directory.sweeper
 from bench.storms import maximal_body
 from quart_iot.documents import MAX_CONTAINERS, MAX_VALUES
 from quart_iot.settings import Settings
 from quart_iot.store import LOCK_NAME, STALE_TEMP_SECONDS, ConfigStore, Signature, StoredConfig
-from quart_iot.store.index import Entry
+from quart_iot.store.directory.index import Entry
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
 from tests.harness import temp_files
 
@@ -183,7 +183,10 @@ def _is_dir(fd: int) -> bool:
 async def test_a_slow_delete_never_hides_a_document_saved_and_seen_after_it(
     store: ConfigStore, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(quart_iot.store.index, "RACY_NS", 0)  # what seconds later would show
+    # what seconds later would show:
+    monkeypatch.setattr(
+        quart_iot.store.directory.index, "RACY_NS", 0
+    )  # what seconds later would show
     write_config(configs_dir, MAC, {"v": "old"})
     assert MAC.encode() in await store.list_json()
     gate, real_fsync = threading.Event(), os.fsync
@@ -212,7 +215,7 @@ async def test_a_slow_delete_never_hides_a_document_saved_and_seen_after_it(
 async def test_a_read_older_than_a_delete_cannot_bring_the_name_back(
     store: ConfigStore, configs_dir: Path, monkeypatch: pytest.MonkeyPatch, listed_between: bool
 ) -> None:
-    monkeypatch.setattr(quart_iot.store.index, "RACY_NS", 0)
+    monkeypatch.setattr(quart_iot.store.directory.index, "RACY_NS", 0)
     path = write_config(configs_dir, MAC, {"v": 1})
     assert MAC.encode() in await store.list_json()
     began = time.monotonic_ns()  # a read that began before the delete...
@@ -282,7 +285,7 @@ def _temp(configs_dir: Path, host: str, pid: int, age: float) -> Path:
 async def test_the_sweep_removes_old_temp_files_of_other_hosts_while_running(
     app: Any, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(quart_iot.store.sweeper, "TEMP_SWEEP_INTERVAL", 0)
+    monkeypatch.setattr(quart_iot.store.directory.sweeper, "TEMP_SWEEP_INTERVAL", 0)
     old = _temp(configs_dir, "pod-gone-7f9c", 1, STALE_TEMP_SECONDS + 10)
     recent = _temp(configs_dir, "pod-alive-1a2b", 1, 1)
     for _ in range(100):

@@ -13,8 +13,10 @@
 - `extension`: ConfigStore, the Quart extension with the async API the routes call.
 """
 
+from quart_iot.store.directory.files import HISTORY_NAME, LOCK_NAME, STALE_TEMP_SECONDS
+from quart_iot.store.directory.sweeper import SWEEP_INTERVAL
+from quart_iot.store.directory.versions import VERSION_PATTERN
 from quart_iot.store.extension import ConfigStore, current_store, stop_worker_threads
-from quart_iot.store.files import HISTORY_NAME, LOCK_NAME, STALE_TEMP_SECONDS
 from quart_iot.store.records import (
     MAC_PATTERN,
     Precondition,
@@ -22,8 +24,6 @@ from quart_iot.store.records import (
     StoredConfig,
     canonical_mac,
 )
-from quart_iot.store.sweeper import SWEEP_INTERVAL
-from quart_iot.store.versions import VERSION_PATTERN
 
 __all__ = [
     "HISTORY_NAME",

@@ -18,24 +18,24 @@ from typing import Any, ParamSpec, TypeVar, cast
 import anyio.to_thread
 from quart import Quart, current_app
 
-from quart_iot.batches import BatchedThreads
 from quart_iot.documents import Document
 from quart_iot.errors import StorageUnavailable, WriteOutlived
 from quart_iot.models import StorageState
 from quart_iot.patch import Operation, make_patch
 from quart_iot.settings import Settings
 from quart_iot.storagetime import timed
-from quart_iot.store.catalogue import Catalogue
-from quart_iot.store.files import Directory
-from quart_iot.store.history import History
-from quart_iot.store.index import Index
-from quart_iot.store.lock import WriteLock
-from quart_iot.store.outage import storage_errors
+from quart_iot.store.directory.batches import BatchedThreads
+from quart_iot.store.directory.catalogue import Catalogue
+from quart_iot.store.directory.files import Directory
+from quart_iot.store.directory.history import History
+from quart_iot.store.directory.index import Index
+from quart_iot.store.directory.lock import WriteLock
+from quart_iot.store.directory.outage import storage_errors
+from quart_iot.store.directory.retention import Retention
+from quart_iot.store.directory.sweeper import Sweeper
+from quart_iot.store.directory.versions import Shelves, check_version
+from quart_iot.store.directory.writes import SaveNotConfirmed, Writer
 from quart_iot.store.records import Precondition, StoredConfig, canonical_mac
-from quart_iot.store.retention import Retention
-from quart_iot.store.sweeper import Sweeper
-from quart_iot.store.versions import Shelves, check_version
-from quart_iot.store.writes import SaveNotConfirmed, Writer
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 from quart_iot.documents import InvalidJson, etag_of, parse_document
 from quart_iot.errors import ConfigUnreadable, InvalidVersion, VersionNotFound
-from quart_iot.store.files import HISTORY_NAME, Directory
+from quart_iot.store.directory.files import HISTORY_NAME, Directory
 from quart_iot.store.records import Signature, StoredConfig, summary_json
 
 VERSION_PATTERN = r"[0-9]{19}-[0-9a-f]{8}"  # also published in the OpenAPI document

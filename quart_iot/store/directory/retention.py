@@ -7,7 +7,7 @@ import contextlib
 import threading
 import time
 
-from quart_iot.store.versions import Shelf, Shelves, Version
+from quart_iot.store.directory.versions import Shelf, Shelves, Version
 
 DAY_NS = 86_400 * 1_000_000_000
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import NoReturn, TypeVar
 
 from quart_iot.errors import WritesBlocked
-from quart_iot.store.files import LOCK_NAME, Directory
+from quart_iot.store.directory.files import LOCK_NAME, Directory
 
 log = logging.getLogger(__name__)
 

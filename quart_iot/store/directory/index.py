@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from quart_iot.documents import InvalidJson, etag_of, parse_document
 from quart_iot.errors import ConfigNotFound, ConfigUnreadable, StorageUnavailable
-from quart_iot.store.files import (
+from quart_iot.store.directory.files import (
     CONFIG_NAME,
     HISTORY_NAME,
     LOCK_NAME,
@@ -25,7 +25,7 @@ from quart_iot.store.files import (
     Directory,
     Unusable,
 )
-from quart_iot.store.outage import Outage, storage_errors
+from quart_iot.store.directory.outage import Outage, storage_errors
 from quart_iot.store.records import Signature, StoredConfig, summary_json
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ import anyio.to_thread
 
 from quart_iot.errors import StorageUnavailable, WritesBlocked
 from quart_iot.storagetime import timed
-from quart_iot.store.files import Directory
-from quart_iot.store.index import Index
-from quart_iot.store.lock import WriteLock
-from quart_iot.store.outage import Outage, storage_errors
-from quart_iot.store.retention import Retention
+from quart_iot.store.directory.files import Directory
+from quart_iot.store.directory.index import Index
+from quart_iot.store.directory.lock import WriteLock
+from quart_iot.store.directory.outage import Outage, storage_errors
+from quart_iot.store.directory.retention import Retention
 
 log = logging.getLogger(__name__)
 

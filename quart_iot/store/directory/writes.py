@@ -16,11 +16,11 @@ from quart_iot.errors import (
     PreconditionFailed,
     WriteNotConfirmed,
 )
-from quart_iot.store.files import Directory, Unusable
-from quart_iot.store.history import History
-from quart_iot.store.index import Entry, Index
-from quart_iot.store.lock import WriteLock
-from quart_iot.store.outage import Outage, storage_errors
+from quart_iot.store.directory.files import Directory, Unusable
+from quart_iot.store.directory.history import History
+from quart_iot.store.directory.index import Entry, Index
+from quart_iot.store.directory.lock import WriteLock
+from quart_iot.store.directory.outage import Outage, storage_errors
 from quart_iot.store.records import Precondition, Signature, StoredConfig, summary_json
 
 log = logging.getLogger(__name__)

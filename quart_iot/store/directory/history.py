@@ -13,8 +13,8 @@ import os
 import stat
 from collections.abc import Iterator
 
-from quart_iot.store.retention import Retention
-from quart_iot.store.versions import Shelf, Shelves, Version
+from quart_iot.store.directory.retention import Retention
+from quart_iot.store.directory.versions import Shelf, Shelves, Version
 
 log = logging.getLogger(__name__)
 
