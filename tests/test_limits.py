@@ -183,10 +183,8 @@ def _is_dir(fd: int) -> bool:
 async def test_a_slow_delete_never_hides_a_document_saved_and_seen_after_it(
     store: ConfigStore, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # what seconds later would show:
-    monkeypatch.setattr(
-        quart_iot.store.directory.index, "RACY_NS", 0
-    )  # what seconds later would show
+    # What seconds later would show:
+    monkeypatch.setattr(quart_iot.store.directory.index, "RACY_NS", 0)
     write_config(configs_dir, MAC, {"v": "old"})
     assert MAC.encode() in await store.list_json()
     gate, real_fsync = threading.Event(), os.fsync
