@@ -9,7 +9,7 @@ import time
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from quart import Quart
@@ -17,7 +17,7 @@ from quart import Quart
 from quart_iot.app import create_app
 from quart_iot.patch import make_patch
 from quart_iot.settings import Settings
-from quart_iot.store import ConfigStore, Precondition
+from quart_iot.store import ConfigStore, DirectoryBackend, Precondition, WriteMeta
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
 
 HISTORY = f"/api/configs/{MAC}/history"
@@ -339,7 +339,11 @@ async def test_a_failed_directory_fsync_never_drops_a_document_unkept(
 
 
 def store_of(app: Quart) -> ConfigStore:
-    return cast(ConfigStore, app.extensions["config_store"])
+    return ConfigStore.of(app)
+
+
+def by(subject: str) -> WriteMeta:
+    return WriteMeta(subject)
 
 
 def shelf_names(configs_dir: Path, mac: str = MAC) -> list[str]:
@@ -360,8 +364,8 @@ def shelf_names(configs_dir: Path, mac: str = MAC) -> list[str]:
 async def test_a_subject_is_kept_exactly(
     app: Quart, client: Client, configs_dir: Path, subject: str, kept: str
 ) -> None:
-    await store_of(app).save(MAC, {"v": 1}, by=subject)
-    await store_of(app).delete(MAC, by="bob")
+    await store_of(app).save(MAC, {"v": 1}, meta=by(subject))
+    await store_of(app).delete(MAC, meta=by("bob"))
     assert [(v["change"], v["subject"]) for v in await versions(client)] == [
         ("deleted", "bob"),
         ("created", kept),
@@ -374,7 +378,7 @@ async def test_a_subject_link_the_service_did_not_make_reads_as_null(
     app: Quart, client: Client, configs_dir: Path
 ) -> None:
     for i in range(4):
-        await store_of(app).save(MAC, {"v": i}, by="alice")
+        await store_of(app).save(MAC, {"v": i}, meta=by("alice"))
     shelf = configs_dir / ".history" / MAC
     planted = sorted(shelf.glob("*.subject"), reverse=True)  # not listed yet: nothing cached
     assert len(planted) == 4
@@ -394,7 +398,7 @@ async def test_a_version_is_kept_when_its_subject_cannot_be(
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(os, "symlink", no_links)
-    await store_of(app).save(MAC, {"v": 1}, by="alice")
+    await store_of(app).save(MAC, {"v": 1}, meta=by("alice"))
     assert [(v["change"], v["subject"]) for v in await versions(client)] == [("created", None)]
     assert "subject of a version of" in caplog.text
 
@@ -407,7 +411,7 @@ async def test_retention_takes_the_subjects_with_their_versions(
     shelf = configs_dir / ".history" / MAC
     orphan, planted = shelf / f"{NEVER}.subject", shelf / f"{NEVER[:-1]}f.subject"
     for i in range(6):
-        await store.save(MAC, {"i": i}, by=f"writer{i}")
+        await store.save(MAC, {"i": i}, meta=by(f"writer{i}"))
         if i == 0:
             orphan.symlink_to('"ghost"')  # as a crash between a subject and its version leaves
             planted.mkdir()  # not the service's: left alone, and no sweep fails on it
@@ -419,7 +423,7 @@ async def test_retention_takes_the_subjects_with_their_versions(
     metrics = await (await client.get("/metrics")).get_data(as_text=True)
     assert "iot_config_history_pruned_total 3" in metrics  # the prune ended well
     planted.rmdir()
-    await store.delete(MAC, by="remover")
+    await store.delete(MAC, meta=by("remover"))
     for _ in range(100):  # past its days, the deleted device's history goes, shelf and all
         if not (configs_dir / ".history" / MAC).exists():
             break
@@ -437,7 +441,7 @@ def test_listing_many_histories_keeps_the_caches_within_their_budget(
     budget = 64 * 1024  # for each of the two caches: the versions' items, the listings
     monkeypatch.setattr(quart_iot.store.directory.catalogue, "CACHE_BYTES", budget, raising=False)
     monkeypatch.setattr(os, "fsync", lambda fd: None)  # about memory, not durability
-    store = ConfigStore(configs_dir, history_max_versions=50)
+    store = DirectoryBackend(configs_dir, history_max_versions=50)
     macs = [f"aa-bb-cc-dd-{i >> 8:02x}-{i & 255:02x}" for i in range(60)]
     for mac in macs:
         for v in range(50):

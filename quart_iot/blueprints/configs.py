@@ -21,7 +21,7 @@ from quart_iot.models import (
     ETagHeader,
     EventStream,
 )
-from quart_iot.store import Precondition, StoredConfig, current_store
+from quart_iot.store import Precondition, StoredConfig, WriteMeta, current_store
 from quart_iot.waiting import current_waiting, event_stream_response
 
 blueprint = Blueprint("configs", __name__)
@@ -108,10 +108,10 @@ async def get_device_config(mac_address: str) -> Response:
 @document_errors(400, 408, 409, 412, 413, 415, 503)
 async def save_config(mac_address: str, data: ConfigSave) -> Response:
     """Create or replace a device config (409 if it exists and allow_overwrite is false)."""
-    stored = await current_store().save(
-        mac_address, data.content, precondition(data), writer_subject()
+    saved = await current_store().save(
+        mac_address, data.content, precondition(data), WriteMeta(writer_subject())
     )
-    return detail_response(stored)
+    return detail_response(saved.stored)
 
 
 @blueprint.delete("/api/configs/<mac_address>")
@@ -120,7 +120,7 @@ async def save_config(mac_address: str, data: ConfigSave) -> Response:
 @document_errors(400, 404, 412, 503)
 async def delete_config(mac_address: str) -> tuple[str, int]:
     """Delete a device config."""
-    await current_store().delete(mac_address, precondition(), writer_subject())
+    await current_store().delete(mac_address, precondition(), WriteMeta(writer_subject()))
     return "", 204
 
 

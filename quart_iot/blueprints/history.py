@@ -19,7 +19,7 @@ from quart_iot.models import (
     HistoryList,
     JsonPatch,
 )
-from quart_iot.store import current_store
+from quart_iot.store import WriteMeta, current_store
 
 blueprint = Blueprint("history", __name__)
 tag_blueprint(blueprint, ["history"])
@@ -70,8 +70,9 @@ async def diff_version(mac_address: str, version: str, query_args: DiffQuery) ->
 @document_errors(400, 404, 412, 413, 422, 503)
 async def restore_version(mac_address: str, version: str) -> Response:
     """Make this version current through the normal write path (If-Match honoured)."""
-    stored = await current_store().restore(mac_address, version, precondition(), writer_subject())
-    return detail_response(stored)
+    meta = WriteMeta(writer_subject())
+    saved = await current_store().restore(mac_address, version, precondition(), meta)
+    return detail_response(saved.stored)
 
 
 def json_response(body: Any) -> Response:

@@ -8,9 +8,10 @@ from collections import OrderedDict
 from typing import Any, Generic, TypeVar
 
 from quart_iot.errors import ConfigNotFound, ConfigUnreadable, VersionNotFound
+from quart_iot.store.directory.files import Signature
 from quart_iot.store.directory.index import RACY_NS
 from quart_iot.store.directory.versions import Shelf, Shelves, Version, stored_version
-from quart_iot.store.records import Signature, StoredConfig
+from quart_iot.store.records import StoredConfig
 
 # What each of the two caches (the versions' items, the rendered listings) may hold: a reader
 # walking every device's history keeps the most recent, not all it saw (about 30,000

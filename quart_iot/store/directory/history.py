@@ -4,7 +4,7 @@ Keeping a version costs no I/O but a link: each save links the new file after it
 save that finds the current file not yet kept (edited outside the service, or from before
 history) links it before the rename; a delete links the file before the unlink. All under
 the directory's write lock, shared with every replica. Reading the history is the
-catalogue's (`store/catalogue.py`), pruning it retention's (`store/retention.py`).
+catalogue's (`catalogue.py`), pruning it retention's (`retention.py`).
 """
 
 import contextlib
@@ -49,9 +49,9 @@ class History:
 
     def record(
         self, shelf: Shelf, mac: str, change: str, fd: int | None = None, by: str | None = None
-    ) -> None:
+    ) -> str | None:
         """Link the current file as a new version (a save: only if it is the file of `fd`),
-        signed by subject `by` when there is one."""
+        signed by subject `by` when there is one; the version's id (None: not kept)."""
         version = Version(shelf.new_id(), change)
         if by is not None:
             try:
@@ -61,7 +61,7 @@ class History:
         shelf.link(mac, version)
         if fd is not None and not os.path.samestat(shelf.stat(version), os.fstat(fd)):
             shelf.unlink(version)  # replaced meanwhile
-            return
+            return None
         if fd is None:  # a delete: durable before the unlink (a save syncs after the lock)
             try:
                 os.fsync(shelf.fd)
@@ -70,6 +70,7 @@ class History:
                 raise
         if self.retention.past_limit(shelf):
             self.retention.note(mac)
+        return version.id
 
     def sync(self, mac: str) -> None:
         """fsync the device's shelf (after a save, outside the lock)."""

@@ -91,7 +91,7 @@ class Sweeper:
             return
         for mac in self.retention.take_pending():
             now = time.time_ns()
-            prune = partial(self.retention.prune, mac, now)
+            prune = partial(_after_nothing, self.retention.prune, mac, now)
             try:
                 with storage_errors("retention of the history", self.write_outage):
                     if self.retention.doomed(mac, now):  # the lock only when there is work
@@ -110,3 +110,7 @@ async def _run(func: Callable[[], None]) -> None:
 
 def _nothing() -> None:
     """No condition to check."""
+
+
+def _after_nothing(prune: Callable[[str, int], int], mac: str, now: int, _: None) -> int:
+    return prune(mac, now)

@@ -24,13 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from quart_iot.documents import InvalidJson, etag_of, parse_document
-from quart_iot.errors import ConfigUnreadable, InvalidVersion, VersionNotFound
-from quart_iot.store.directory.files import HISTORY_NAME, Directory
-from quart_iot.store.records import Signature, StoredConfig, summary_json
+from quart_iot.documents import InvalidJson, parse_document
+from quart_iot.errors import ConfigUnreadable, VersionNotFound
+from quart_iot.store.directory.files import HISTORY_NAME, Directory, Signature
+from quart_iot.store.records import VERSION_PATTERN, StoredConfig
 
-VERSION_PATTERN = r"[0-9]{19}-[0-9a-f]{8}"  # also published in the OpenAPI document
-_VERSION = re.compile(VERSION_PATTERN)
 _FILE = re.compile(rf"(?P<id>{VERSION_PATTERN})\.(?P<change>created|updated|deleted)\.json")
 SUBJECT_CHARS = 255  # OpenID Connect's limit for `sub`; its JSON fits a link's target
 _SUBJECT = ".subject"
@@ -65,13 +63,6 @@ class Version:
     def parse(cls, name: str) -> "Version | None":
         match = _FILE.fullmatch(name)
         return cls(match["id"], match["change"]) if match else None
-
-
-def check_version(raw: str) -> str:
-    """The version id, or InvalidVersion for anything that is not exactly one."""
-    if len(raw) != 28 or not _VERSION.fullmatch(raw):
-        raise InvalidVersion
-    return raw
 
 
 class Shelf:
@@ -264,7 +255,7 @@ def stored_version(mac: str, data: bytes) -> StoredConfig:
         content = parse_document(data)
     except InvalidJson:
         raise ConfigUnreadable(mac, "has a version that is not a JSON object") from None
-    return StoredConfig(mac, data, summary_json(mac, content), etag_of(data))
+    return StoredConfig.of_bytes(mac, data, content)
 
 
 def _open_dir(name: str, parent: int, create: bool) -> int:

@@ -7,31 +7,21 @@ import stat
 from functools import partial
 from pathlib import Path
 
-from quart_iot.documents import Document, dump_document, etag_of
-from quart_iot.errors import (
-    ConfigExists,
-    ConfigNotFound,
-    ConfigUnreadable,
-    DocumentTooLarge,
-    PreconditionFailed,
-    WriteNotConfirmed,
-)
-from quart_iot.store.directory.files import Directory, Unusable
+from quart_iot.documents import Document, etag_of
+from quart_iot.errors import ConfigExists, ConfigNotFound, ConfigUnreadable, PreconditionFailed
+from quart_iot.store.backend import Deleted, Saved, Unconfirmed
+from quart_iot.store.directory.files import Directory, Signature, Unusable
 from quart_iot.store.directory.history import History
 from quart_iot.store.directory.index import Entry, Index
 from quart_iot.store.directory.lock import WriteLock
 from quart_iot.store.directory.outage import Outage, storage_errors
-from quart_iot.store.records import Precondition, Signature, StoredConfig, summary_json
+from quart_iot.store.records import Precondition, to_store
 
 log = logging.getLogger(__name__)
 
-
-class SaveNotConfirmed(WriteNotConfirmed):
-    """A save that is visible (so it is notified) but whose directory fsync failed."""
-
-    def __init__(self, stored: StoredConfig) -> None:
-        super().__init__(stored.mac, "saved", stored.etag)
-        self.stored = stored
+# What a write's commit reports: the ETag before it (None: no document; "": one that is not
+# usable), when its change became visible (monotonic ns), the history version it made.
+Committed = tuple[str | None, int, str | None]
 
 
 class Writer:
@@ -54,35 +44,36 @@ class Writer:
         precondition: Precondition,
         deadline: float,
         by: str | None = None,
-    ) -> StoredConfig:
-        data = dump_document(content)
-        if len(data) > self.directory.max_bytes:  # known before any disk I/O
-            raise DocumentTooLarge(len(data), self.directory.max_bytes)
+    ) -> Saved:
+        document = to_store(mac, content, self.directory.max_bytes)  # before any disk I/O
         name = f"{mac}.json"
-        document = StoredConfig(mac, data, summary_json(mac, content), etag_of(data))
         with storage_errors(f"write of {name}", self.outage):
-            temp, fd = self.directory.write_temp(name, data)
+            temp, fd = self.directory.write_temp(name, document.raw)
             try:
                 check = partial(self._check, mac, precondition)
-                install = partial(self._install, temp, mac, precondition, fd, by)
-                installed_at = self.lock.exclusively(deadline, check, install)
+                commit = partial(self._commit_save, temp, mac, precondition, fd, by)
+                before, installed_at, version = self.lock.exclusively(deadline, check, commit)
                 signature = Signature.of(os.fstat(fd))
             finally:
                 os.close(fd)
                 self.directory.discard_temp(temp)
+        saved = Saved(document, before or None, version)
         self.index.remember(name, Entry.of(document, signature, installed_at, True), written=True)
-        self._sync(SaveNotConfirmed(document), mac)
-        return document
+        self._sync(Unconfirmed(saved), mac)
+        return saved
 
     def delete(
         self, mac: str, precondition: Precondition, deadline: float, by: str | None = None
-    ) -> None:
+    ) -> Deleted:
         name = f"{mac}.json"
         with storage_errors(f"delete of {name}", self.outage):
             check = partial(self._check, mac, precondition)
-            removed_at = self.lock.exclusively(deadline, check, partial(self._unlink, mac, by))
+            commit = partial(self._commit_delete, mac, by)
+            before, removed_at, version = self.lock.exclusively(deadline, check, commit)
         self.index.forget(name, removed_at)
-        self._sync(WriteNotConfirmed(mac, "deleted", None))
+        deleted = Deleted(mac, before or None, version)
+        self._sync(Unconfirmed(deleted))
+        return deleted
 
     def sync_recovers(self) -> bool:
         """Whether a directory fsync works again (it failed after a change)."""
@@ -93,24 +84,31 @@ class Writer:
         self.sync_fault = None
         return True
 
-    def _install(
-        self, temp: Path, mac: str, precondition: Precondition, fd: int, by: str | None
-    ) -> int:
+    def _commit_save(
+        self,
+        temp: Path,
+        mac: str,
+        precondition: Precondition,
+        fd: int,
+        by: str | None,
+        before: str | None,
+    ) -> Committed:
         """Rename (or link) the temp file in place, keeping the versions it replaces."""
         if not self.history.enabled:
-            return self._place(temp, f"{mac}.json", precondition)
+            return before, self._place(temp, f"{mac}.json", precondition), None
         with self.history.shelf(mac) as shelf:
             existed = self.history.keep_current(shelf, mac)  # before the rename replaces it
             installed_at = self._place(temp, f"{mac}.json", precondition)
             try:
-                self.history.record(shelf, mac, "updated" if existed else "created", fd, by)
+                kept = self.history.record(shelf, mac, "updated" if existed else "created", fd, by)
             except OSError as error:  # visible already; the next write keeps it (keep_current)
                 log.warning("version of %s.json not kept in its history: %s", mac, error)
-        return installed_at
+                kept = None
+        return before, installed_at, kept
 
     def _place(self, temp: Path, name: str, precondition: Precondition) -> int:
         try:
-            return self.directory.install(temp, name, precondition.create_only)
+            return self.directory.put_in_place(temp, name, precondition.create_only)
         except FileExistsError:
             if precondition.if_none_match.star_tag:
                 raise PreconditionFailed(name[:-5], "If-None-Match") from None
@@ -120,12 +118,13 @@ class Writer:
                 name[:-5], "is a directory, which a PUT never replaces"
             ) from None
 
-    def _unlink(self, mac: str, by: str | None) -> int:
+    def _commit_delete(self, mac: str, by: str | None, before: str | None) -> Committed:
+        kept = None
         if self.history.enabled and self._is_file(mac):
             with self.history.shelf(mac) as shelf:
-                self.history.record(shelf, mac, "deleted", by=by)  # durably, before the unlink
+                kept = self.history.record(shelf, mac, "deleted", by=by)  # before the unlink
         try:
-            return self.directory.unlink(f"{mac}.json")
+            return before, self.directory.unlink(f"{mac}.json"), kept
         except FileNotFoundError:
             raise ConfigNotFound(mac) from None
         except IsADirectoryError:
@@ -137,25 +136,27 @@ class Writer:
         except FileNotFoundError:
             raise ConfigNotFound(mac) from None
 
-    def _check(self, mac: str, precondition: Precondition) -> None:
-        if_match, if_none_match = precondition.if_match, precondition.if_none_match
-        if not if_match and not if_none_match:
-            return
+    def _check(self, mac: str, precondition: Precondition) -> str | None:
+        """The current ETag (None: no document; "": one that is not usable), which the write's
+        conditions are decided against."""
         current = self._etag_under_lock(f"{mac}.json")
+        if_match, if_none_match = precondition.if_match, precondition.if_none_match
         if if_match and not (current and (if_match.star_tag or if_match.contains(current))):
             raise PreconditionFailed(mac, "If-Match")
         if if_none_match and current and if_none_match.contains_weak(current):
             raise PreconditionFailed(mac, "If-None-Match")
+        return current
 
     def _etag_under_lock(self, name: str) -> str | None:
+        # The index's when a stat proves it current; else the bytes' (read, never parsed).
         try:
-            return etag_of(self.directory.read(name)[1])
+            return self.index.cached_etag(name) or etag_of(self.directory.read(name)[1])
         except FileNotFoundError:
             return None
         except Unusable:
-            return ""  # present, but has no ETag a client could hold
+            return ""
 
-    def _sync(self, unconfirmed: WriteNotConfirmed, history_of: str | None = None) -> None:
+    def _sync(self, unconfirmed: Unconfirmed, history_of: str | None = None) -> None:
         """fsync the directory after a change that is already visible (the rename or unlink),
         and first the history directory that the save linked its new version into."""
         try:
