@@ -9,9 +9,8 @@ from quart import Quart, Response, g, request
 from quart_schema.openapi import HttpSecurityScheme
 from werkzeug.routing import Rule
 
-from quart_iot.errors import ApiError, Forbidden, Unauthorized
+from quart_iot.errors import Forbidden, Unauthorized
 from quart_iot.settings import Settings
-from quart_iot.store import current_store
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("quart_iot.audit")
@@ -108,8 +107,6 @@ class AccessControl:
             self._decide("forbidden", reason)
             raise Forbidden("This token does not allow this request")
         self._decide("allowed", reason)
-        if request.method not in READ_METHODS:
-            g.audit_etag_before = await etag_before()
 
     def _right(self, claims: dict[str, Any]) -> str:
         """The right that allows this request (reader, writer, device), else why it is refused."""
@@ -132,22 +129,17 @@ class AccessControl:
         self.decisions.inc({"result": result, "reason": reason})
 
     async def _audit(self, response: Response) -> Response:
+        # Refusals only: a write allowed is audited by quart_iot/audit.py, from the store.
         result = g.get("auth_result")
-        if result is None or request.method in READ_METHODS or request.method == "OPTIONS":
+        if result in (None, "allowed") or request.method in {*READ_METHODS, "OPTIONS"}:
             return response
-        before = g.get("audit_etag_before")
-        after = response.headers.get("ETag") if response.status_code == 200 else before
-        if request.method == "DELETE" and response.status_code == 204:
-            after = None
         audit_log.info(
-            "audit: %s %s %s %s by %s; etag before %s, after %s",
+            "audit: %s %s %s %s by %s; etag before none, after none",
             request.method,
             _printable(str((request.view_args or {}).get("mac_address", request.path))),
             response.status_code,
             result,
-            subject(g.get("auth_claims") or {}),
-            before or "none",
-            after or "none",
+            audit_subject(),
         )
         return response
 
@@ -163,15 +155,6 @@ def bearer_token() -> str:
     return token
 
 
-async def etag_before() -> str | None:
-    """The ETag as last seen before the write, quoted as HTTP shows it (None when absent)."""
-    try:
-        etag = await current_store().current_etag((request.view_args or {})["mac_address"])
-    except (ApiError, KeyError):
-        return None
-    return f'"{etag}"'
-
-
 def subject(claims: dict[str, Any]) -> str:
     """Who the token speaks for: sub, and the client or user name when present (log-safe)."""
     parts = []
@@ -180,6 +163,11 @@ def subject(claims: dict[str, Any]) -> str:
         if isinstance(value, str) and value:
             parts.append(f"{name}={_printable(value)}")
     return " ".join(parts) or "anonymous"
+
+
+def audit_subject() -> str:
+    """Who made this request, as the audit line names them."""
+    return subject(g.get("auth_claims") or {})
 
 
 def writer_subject() -> str | None:
