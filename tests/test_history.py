@@ -18,6 +18,8 @@ from quart_iot.app import create_app
 from quart_iot.patch import make_patch
 from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore, DirectoryBackend, Precondition, WriteMeta
+from quart_iot.store.directory.files import Directory
+from quart_iot.store.directory.versions import Shelf
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
 
 HISTORY = f"/api/configs/{MAC}/history"
@@ -458,3 +460,71 @@ def test_listing_many_histories_keeps_the_caches_within_their_budget(
     assert size > 8 * budget  # far more was listed than the caches may keep
     assert sum(stat.size_diff for stat in kept) < 3 * budget
     assert store.catalogue.listing(macs[0]) == listed[macs[0]]  # still right after eviction
+
+
+# -- a `deleted` version exists only if the delete happened (issue 17 item 19) -----------------
+
+
+def held_names(configs_dir: Path) -> list[str]:
+    return [name for name in shelf_names(configs_dir) if name.endswith(".deleting")]
+
+
+async def test_a_delete_whose_unlink_fails_keeps_no_deleted_version(
+    client: Client, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put(client, {"v": 1})
+
+    def refused(self: Directory, name: str) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Directory, "unlink", refused)
+    assert await error_code(await client.delete(f"/api/configs/{MAC}")) == (
+        503,
+        "STORAGE_UNAVAILABLE",
+    )
+    monkeypatch.undo()
+    assert [v["change"] for v in await versions(client)] == ["created"]
+    assert (await client.get(f"/api/configs/{MAC}")).status_code == 200
+    assert held_names(configs_dir) == []
+
+
+async def test_a_delete_left_half_done_is_undone_by_the_next_write(
+    client: Client, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a crash between the hold and the unlink leaves it: the held document stays.
+    await put(client, {"v": 1})
+
+    def refused(*args: Any) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Directory, "unlink", refused)
+    monkeypatch.setattr(Shelf, "drop", refused)
+    assert (await client.delete(f"/api/configs/{MAC}")).status_code == 503
+    monkeypatch.undo()
+    assert len(held_names(configs_dir)) == 1
+    assert [v["change"] for v in await versions(client)] == ["created"]  # never listed
+    await put(client, {"v": 2})
+    assert [v["change"] for v in await versions(client)] == ["updated", "created"]
+    assert held_names(configs_dir) == []
+
+
+async def test_a_deleted_version_not_named_at_once_is_named_by_the_next_write(
+    client: Client, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put(client, {"deviceName": "gone"})
+
+    def refused(*args: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(Shelf, "release", refused)
+    assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204
+    monkeypatch.undo()
+    assert len(held_names(configs_dir)) == 1
+    await put(client, {"deviceName": "back"})
+    listed = await versions(client)
+    assert [(v["change"], v["device_name"]) for v in listed] == [
+        ("created", "back"),
+        ("deleted", "gone"),
+        ("created", "gone"),
+    ]
+    assert held_names(configs_dir) == []

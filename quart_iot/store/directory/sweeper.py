@@ -94,7 +94,7 @@ class Sweeper:
             prune = partial(_after_nothing, self.retention.prune, mac, now)
             try:
                 with storage_errors("retention of the history", self.write_outage):
-                    if self.retention.doomed(mac, now):  # the lock only when there is work
+                    if self.retention.has_work(mac, now):  # the lock only when there is work
                         self.lock.exclusively(time.monotonic() + 1.0, _nothing, prune)
             except WritesBlocked:
                 self.retention.note(mac)  # the next sweep tries again

@@ -5,13 +5,17 @@ linked file never changes). Its name carries its metadata:
 `<ns since the epoch, 19 digits>-<8 hex>.<created|updated|deleted>.json`. Who wrote it, when
 access control is on, is a symbolic link beside it, `<id>.subject`, whose target is the
 subject as a JSON string: made before the version and never followed, it costs no data
-write and no fsync of its own (the shelf's fsync makes both durable).
+write and no fsync of its own (the shelf's fsync makes both durable). A document a delete is
+removing is held as `<id>.deleting`, which no reader lists, until the delete happened; only
+then does it become the `deleted` version (`Shelf.settle` finishes or undoes the deletes a
+crash interrupted).
 
 Plain blocking functions, run in worker threads. Every name is built from a canonical MAC
 and a version id that fully matched VERSION_PATTERN, relative to descriptors opened without
 following links: nothing outside the history area is ever touched.
 """
 
+import bisect
 import contextlib
 import functools
 import json
@@ -33,6 +37,8 @@ _FILE = re.compile(rf"(?P<id>{VERSION_PATTERN})\.(?P<change>created|updated|dele
 SUBJECT_CHARS = 255  # OpenID Connect's limit for `sub`; its JSON fits a link's target
 _SUBJECT = ".subject"
 _SUBJECT_NAME = re.compile(rf"{VERSION_PATTERN}\.subject")
+_HELD = ".deleting"
+_HELD_NAME = re.compile(rf"(?P<id>{VERSION_PATTERN})\.deleting")
 _MAC_NAME = re.compile(r"[0-9a-f]{2}(?:-[0-9a-f]{2}){5}")
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -126,6 +132,46 @@ class Shelf:
         )
         self.names.append(version.name)
 
+    def held(self) -> list[str]:
+        """Ids of the documents deletes hold (a crash, or a failed unlink, left them)."""
+        return [match["id"] for name in self._entries if (match := _HELD_NAME.fullmatch(name))]
+
+    def hold(self, mac: str, version_id: str) -> None:
+        """The current file, under a name no reader lists, before a delete removes it."""
+        os.link(
+            f"{mac}.json",
+            version_id + _HELD,
+            src_dir_fd=self.top,
+            dst_dir_fd=self.fd,
+            follow_symlinks=False,
+        )
+
+    def release(self, version_id: str, change: str) -> Version:
+        """The held document becomes a version (atomic: a rename within the shelf)."""
+        version = Version(version_id, change)
+        os.rename(version_id + _HELD, version.name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        bisect.insort(self.names, version.name)
+        return version
+
+    def drop(self, version_id: str) -> None:
+        """The held document goes, with its subject (its delete did not happen)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(version_id + _HELD, dir_fd=self.fd)
+        self.unsign(version_id)
+
+    def settle(self, mac: str) -> None:
+        """Finish or undo the deletes that were interrupted: a `deleted` version only where
+        the document is gone (under the write lock)."""
+        for version_id in self.held():
+            held = os.stat(version_id + _HELD, dir_fd=self.fd, follow_symlinks=False)
+            current = self.current(mac)
+            if current is None:
+                self.release(version_id, "deleted")
+            elif os.path.samestat(current, held):
+                self.drop(version_id)  # the document is still there: nothing was deleted
+            else:  # replaced since, by hand: it was current once; deleted, nobody can tell
+                self.release(version_id, "updated")
+
     def unlink(self, version: Version) -> None:
         """Remove a version and its subject."""
         with contextlib.suppress(FileNotFoundError):
@@ -134,12 +180,12 @@ class Shelf:
             self.names.remove(version.name)
         self.unsign(version.id)
 
-    def sign(self, version: Version, subject: str) -> None:
+    def sign(self, version_id: str, subject: str) -> None:
         """Record who makes the version (before it is linked: it never shows without)."""
         readable = subject[:SUBJECT_CHARS].encode("utf-8", "replace").decode()  # no lone surrogate
         target = json.dumps(readable)  # ASCII, no NUL: any string fits a link's target
-        os.symlink(target, version.id + _SUBJECT, dir_fd=self.fd)
-        self.signed.add(version.id)
+        os.symlink(target, version_id + _SUBJECT, dir_fd=self.fd)
+        self.signed.add(version_id)
 
     def unsign(self, version_id: str) -> None:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):  # a directory: not ours

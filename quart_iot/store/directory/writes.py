@@ -1,6 +1,7 @@
 """The write path: a document saved or deleted atomically and durably, its condition decided
 under the write lock, the index told what became visible and when."""
 
+import contextlib
 import logging
 import os
 import stat
@@ -72,7 +73,7 @@ class Writer:
             before, removed_at, version = self.lock.exclusively(deadline, check, commit)
         self.index.forget(name, removed_at)
         deleted = Deleted(mac, before or None, version)
-        self._sync(Unconfirmed(deleted))
+        self._sync(Unconfirmed(deleted), mac)  # the shelf too: the version's name
         return deleted
 
     def sync_recovers(self) -> bool:
@@ -100,7 +101,8 @@ class Writer:
             existed = self.history.keep_current(shelf, mac)  # before the rename replaces it
             installed_at = self._place(temp, f"{mac}.json", precondition)
             try:
-                kept = self.history.record(shelf, mac, "updated" if existed else "created", fd, by)
+                change = "updated" if existed else "created"
+                kept = self.history.record(shelf, mac, change, fd, by)
             except OSError as error:  # visible already; the next write keeps it (keep_current)
                 log.warning("version of %s.json not kept in its history: %s", mac, error)
                 kept = None
@@ -119,12 +121,23 @@ class Writer:
             ) from None
 
     def _commit_delete(self, mac: str, by: str | None, before: str | None) -> Committed:
-        kept = None
-        if self.history.enabled and self._is_file(mac):
-            with self.history.shelf(mac) as shelf:
-                kept = self.history.record(shelf, mac, "deleted", by=by)  # before the unlink
+        """Unlink the document; with history, its `deleted` version only once it is gone."""
+        if not (self.history.enabled and self._is_file(mac)):
+            return before, self._unlink(mac), None
+        with self.history.shelf(mac) as shelf:
+            held = self.history.hold_deleted(shelf, mac, by)
+            try:
+                removed_at = self._unlink(mac)
+            except BaseException:
+                with contextlib.suppress(OSError):  # else the next write or sweep drops it
+                    shelf.drop(held)  # nothing was deleted: no `deleted` version
+                raise
+            self.history.release_deleted(shelf, mac, held)
+        return before, removed_at, held
+
+    def _unlink(self, mac: str) -> int:
         try:
-            return before, self.directory.unlink(f"{mac}.json"), kept
+            return self.directory.unlink(f"{mac}.json")
         except FileNotFoundError:
             raise ConfigNotFound(mac) from None
         except IsADirectoryError:
@@ -158,7 +171,7 @@ class Writer:
 
     def _sync(self, unconfirmed: Unconfirmed, history_of: str | None = None) -> None:
         """fsync the directory after a change that is already visible (the rename or unlink),
-        and first the history directory that the save linked its new version into."""
+        and first the history directory that the write named its new version in."""
         try:
             if history_of is not None and self.history.enabled:
                 # Outside the lock: under it, this fsync serialised every PUT (PERFORMANCE.md).
