@@ -62,6 +62,12 @@ def create_app(settings: Settings | None = None) -> Quart:
             "Last-Event-ID",
             HEADER,
         ],
-        expose_headers=["ETag", "WWW-Authenticate", "Preference-Applied", HEADER],
+        expose_headers=[
+            "ETag",
+            "WWW-Authenticate",
+            "Preference-Applied",
+            "Config-Unchanged",
+            HEADER,
+        ],
         max_age=600,
     )

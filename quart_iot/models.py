@@ -85,6 +85,17 @@ class ETagHeader(BaseModel):
     etag: str = Field(alias="ETag", description="Strong ETag of the stored document")
 
 
+class SavedHeaders(ETagHeader):
+    """The ETag of the document the write made current, and whether it changed anything."""
+
+    config_unchanged: str = Field(
+        default="true",
+        alias="Config-Unchanged",
+        description="Sent (`true`) only when the document held these very bytes already: "
+        "nothing was written and no history version was kept",
+    )
+
+
 class ConditionalHeaders(BaseModel):
     """Optimistic concurrency: send the ETag you read, or `*`."""
 

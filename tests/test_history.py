@@ -7,7 +7,7 @@ import os
 import stat
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from quart import Quart
 from quart_iot.app import create_app
 from quart_iot.patch import make_patch
 from quart_iot.settings import Settings
-from quart_iot.store import ConfigStore, DirectoryBackend, Precondition, WriteMeta
+from quart_iot.store import ConfigStore, DirectoryBackend, Precondition, WriteMeta, Written
 from quart_iot.store.directory.files import Directory
 from quart_iot.store.directory.versions import Shelf
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
@@ -528,3 +528,42 @@ async def test_a_deleted_version_not_named_at_once_is_named_by_the_next_write(
         ("created", "gone"),
     ]
     assert held_names(configs_dir) == []
+
+
+# -- a save of the bytes already stored keeps no version (issue 17 item 19) -------------------
+
+
+@pytest.fixture
+async def three_versions(make_settings: Callable[..., Settings]) -> AsyncIterator[Quart]:
+    app = create_app(make_settings(history_max_versions=3))
+    async with app.test_app():
+        yield app
+
+
+async def test_identical_puts_keep_no_version_and_push_none_out(three_versions: Quart) -> None:
+    client = three_versions.test_client()
+    heard: list[Written] = []
+    ConfigStore.of(three_versions).write_listeners.append(heard.append)
+    etags = [await put(client, {"deviceName": name}) for name in "abc"]
+    for _ in range(100):
+        again = await client.put(f"/api/configs/{MAC}", json={"content": {"deviceName": "c"}})
+        assert again.status_code == 200
+        assert again.headers["ETag"] == f'"{etags[-1]}"'
+        assert again.headers["Config-Unchanged"] == "true"
+        assert (await again.get_json())["content"] == {"deviceName": "c"}
+    await asyncio.sleep(1.2)  # two sweeps: retention had its chance
+    assert [v["etag"] for v in await versions(client)] == etags[::-1]
+    assert [(w.unchanged, w.version is None) for w in heard] == [(False, False)] * 3 + [
+        (True, True)
+    ] * 100
+    assert all(w.applied and w.etag_before == w.etag_after for w in heard[3:])
+
+
+async def test_a_changed_put_and_a_restore_of_the_current_version(client: Client) -> None:
+    first = await client.put(f"/api/configs/{MAC}", json={"content": {"v": 1}})
+    assert "Config-Unchanged" not in first.headers
+    current = (await versions(client))[0]["version"]
+    restored = await client.post(f"{HISTORY}/{current}/restore")
+    assert restored.status_code == 200
+    assert restored.headers["Config-Unchanged"] == "true"
+    assert len(await versions(client)) == 1

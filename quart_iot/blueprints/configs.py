@@ -20,8 +20,9 @@ from quart_iot.models import (
     DeviceDocument,
     ETagHeader,
     EventStream,
+    SavedHeaders,
 )
-from quart_iot.store import Precondition, StoredConfig, WriteMeta, current_store
+from quart_iot.store import Precondition, Saved, StoredConfig, WriteMeta, current_store
 from quart_iot.waiting import current_waiting, event_stream_response
 
 blueprint = Blueprint("configs", __name__)
@@ -103,7 +104,7 @@ async def get_device_config(mac_address: str) -> Response:
 
 @blueprint.put("/api/configs/<mac_address>")
 @validate_request(ConfigSave)
-@document_response(ConfigDetail, headers_model_class=ETagHeader)
+@document_response(ConfigDetail, headers_model_class=SavedHeaders)
 @document_headers(ConditionalHeaders)
 @document_errors(400, 408, 409, 412, 413, 415, 503)
 async def save_config(mac_address: str, data: ConfigSave) -> Response:
@@ -111,7 +112,7 @@ async def save_config(mac_address: str, data: ConfigSave) -> Response:
     saved = await current_store().save(
         mac_address, data.content, precondition(data), WriteMeta(writer_subject())
     )
-    return detail_response(saved.stored)
+    return saved_response(saved)
 
 
 @blueprint.delete("/api/configs/<mac_address>")
@@ -137,6 +138,14 @@ def detail_response(stored: StoredConfig) -> Response:
     """Detail from the cached list item and the stored bytes: no model, nothing re-encoded."""
     response = Response(stored.detail_json(), content_type="application/json")
     response.set_etag(stored.etag)
+    return response
+
+
+def saved_response(saved: Saved) -> Response:
+    """What a save made current; `Config-Unchanged: true` when it held these bytes already."""
+    response = detail_response(saved.stored)
+    if saved.unchanged:
+        response.headers["Config-Unchanged"] = "true"
     return response
 
 

@@ -9,7 +9,7 @@ from quart_schema import document_headers, document_response, tag_blueprint, val
 
 from quart_iot.apidocs import document_errors
 from quart_iot.auth import writer_subject
-from quart_iot.blueprints.configs import detail_response, precondition
+from quart_iot.blueprints.configs import detail_response, precondition, saved_response
 from quart_iot.models import (
     ConditionalHeaders,
     ConfigDetail,
@@ -18,6 +18,7 @@ from quart_iot.models import (
     ETagHeader,
     HistoryList,
     JsonPatch,
+    SavedHeaders,
 )
 from quart_iot.store import WriteMeta, current_store
 
@@ -65,14 +66,14 @@ async def diff_version(mac_address: str, version: str, query_args: DiffQuery) ->
 
 
 @blueprint.post(f"{VERSION}/restore")
-@document_response(ConfigDetail, headers_model_class=ETagHeader)
+@document_response(ConfigDetail, headers_model_class=SavedHeaders)
 @document_headers(ConditionalHeaders)
 @document_errors(400, 404, 412, 413, 422, 503)
 async def restore_version(mac_address: str, version: str) -> Response:
     """Make this version current through the normal write path (If-Match honoured)."""
     meta = WriteMeta(writer_subject())
     saved = await current_store().restore(mac_address, version, precondition(), meta)
-    return detail_response(saved.stored)
+    return saved_response(saved)
 
 
 def json_response(body: Any) -> Response:

@@ -16,13 +16,14 @@ from quart_iot.store.directory.history import History
 from quart_iot.store.directory.index import Entry, Index
 from quart_iot.store.directory.lock import WriteLock
 from quart_iot.store.directory.outage import Outage, storage_errors
-from quart_iot.store.records import Precondition, to_store
+from quart_iot.store.records import Precondition, StoredConfig, to_store
 
 log = logging.getLogger(__name__)
 
 # What a write's commit reports: the ETag before it (None: no document; "": one that is not
-# usable), when its change became visible (monotonic ns), the history version it made.
-Committed = tuple[str | None, int, str | None]
+# usable), when its change became visible (monotonic ns; None: a save of the bytes there
+# already, which changes nothing), the history version it made.
+Committed = tuple[str | None, int | None, str | None]
 
 
 class Writer:
@@ -47,20 +48,23 @@ class Writer:
         by: str | None = None,
     ) -> Saved:
         document = to_store(mac, content, self.directory.max_bytes)  # before any disk I/O
-        name = f"{mac}.json"
-        with storage_errors(f"write of {name}", self.outage):
-            temp, fd = self.directory.write_temp(name, document.raw)
+        with storage_errors(f"write of {mac}.json", self.outage):
+            temp, fd = self.directory.write_temp(f"{mac}.json", document.raw)
             try:
                 check = partial(self._check, mac, precondition)
-                commit = partial(self._commit_save, temp, mac, precondition, fd, by)
+                commit = partial(self._commit_save, document, precondition, temp, fd, by)
                 before, installed_at, version = self.lock.exclusively(deadline, check, commit)
                 signature = Signature.of(os.fstat(fd))
             finally:
                 os.close(fd)
                 self.directory.discard_temp(temp)
-        saved = Saved(document, before or None, version)
-        self.index.remember(name, Entry.of(document, signature, installed_at, True), written=True)
-        self._sync(Unconfirmed(saved), mac)
+        if installed_at is None:  # the very bytes it held: nothing new, no change to tell
+            saved = Saved(document, before, None, unchanged=True)
+        else:
+            saved = Saved(document, before or None, version)
+            entry = Entry.of(document, signature, installed_at, True)
+            self.index.remember(f"{mac}.json", entry, written=True)
+        self._sync(Unconfirmed(saved), mac)  # unchanged too: it may retry an unconfirmed save
         return saved
 
     def delete(
@@ -87,14 +91,18 @@ class Writer:
 
     def _commit_save(
         self,
-        temp: Path,
-        mac: str,
+        document: StoredConfig,
         precondition: Precondition,
+        temp: Path,
         fd: int,
         by: str | None,
         before: str | None,
     ) -> Committed:
-        """Rename (or link) the temp file in place, keeping the versions it replaces."""
+        """Rename (or link) the temp file in place, keeping the versions it replaces; nothing
+        when the document holds these very bytes already."""
+        mac = document.mac
+        if before == document.etag and not precondition.create_only:
+            return before, None, None
         if not self.history.enabled:
             return before, self._place(temp, f"{mac}.json", precondition), None
         with self.history.shelf(mac) as shelf:
@@ -120,7 +128,9 @@ class Writer:
                 name[:-5], "is a directory, which a PUT never replaces"
             ) from None
 
-    def _commit_delete(self, mac: str, by: str | None, before: str | None) -> Committed:
+    def _commit_delete(
+        self, mac: str, by: str | None, before: str | None
+    ) -> tuple[str | None, int, str | None]:
         """Unlink the document; with history, its `deleted` version only once it is gone."""
         if not (self.history.enabled and self._is_file(mac)):
             return before, self._unlink(mac), None
