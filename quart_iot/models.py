@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
 
+HISTORY_PAGE = 50  # versions per history page unless `?limit=` says (HISTORY_MAX_VERSIONS')
+HISTORY_PAGE_MAX = 1000
 StorageState = Literal["read-write", "read-only", "writes-blocked", "unavailable"]
 MqttState = Literal["connected", "disconnected", "disabled"]
 
@@ -122,11 +124,26 @@ class HistoryVersion(ConfigSummary):
 
 
 class HistoryList(BaseModel):
-    """Every kept version of one device, newest first."""
+    """A page of one device's kept versions, newest first."""
 
     mac_address: str
     versions: list[HistoryVersion]
-    count: int
+    count: int = Field(description="The versions on this page")
+    next: str | None = Field(
+        description="The cursor of the next (older) page: pass it as `?before=`; null on the "
+        "last page"
+    )
+
+
+class HistoryQuery(BaseModel):
+    """Which page: at most `limit` versions, older than the version `before` (a cursor)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=HISTORY_PAGE, ge=1, le=HISTORY_PAGE_MAX)
+    before: str | None = Field(
+        default=None, description="A version id: the page holds versions older than it"
+    )
 
 
 class DeletedConfig(HistoryVersion):

@@ -567,3 +567,56 @@ async def test_a_changed_put_and_a_restore_of_the_current_version(client: Client
     assert restored.status_code == 200
     assert restored.headers["Config-Unchanged"] == "true"
     assert len(await versions(client)) == 1
+
+
+# -- history pages (issue 17 item 19) -----------------------------------------------------------
+
+
+async def page(client: Client, query: str) -> dict[str, Any]:
+    response = await client.get(f"{HISTORY}?{query}")
+    assert response.status_code == 200, await response.get_data()
+    body: dict[str, Any] = await response.get_json()
+    assert body["count"] == len(body["versions"])
+    return body
+
+
+async def test_the_history_comes_in_pages_newest_first(client: Client) -> None:
+    etags = [await put(client, {"i": i}) for i in range(7)]
+    pages, query = [], "limit=3"
+    while True:
+        body = await page(client, query)
+        pages.append([v["etag"] for v in body["versions"]])
+        if body["next"] is None:
+            break
+        assert body["next"] == body["versions"][-1]["version"]
+        query = f"limit=3&before={body['next']}"
+    assert pages == [etags[6:3:-1], etags[3:0:-1], etags[:1]]
+    whole = await page(client, "")  # 50 by default: here, all of them
+    assert ([v["etag"] for v in whole["versions"]], whole["next"]) == (etags[::-1], None)
+    last = whole["versions"][-1]["version"]
+    assert (await page(client, f"before={last}"))["versions"] == []
+
+
+async def test_a_cursor_is_a_position_even_once_its_version_is_gone(client: Client) -> None:
+    await put(client, {"i": 0})
+    await put(client, {"i": 1})
+    between = f"{int(time.time_ns()):019d}-00000000"  # no such version: between the two...
+    await put(client, {"i": 2})
+    body = await page(client, f"before={between}")  # ...the page holds those older than it
+    assert body["versions"] == (await versions(client))[1:]
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("limit=0", "VALIDATION_FAILED"),
+        ("limit=1001", "VALIDATION_FAILED"),
+        ("limit=x", "VALIDATION_FAILED"),
+        ("limits=3", "VALIDATION_FAILED"),
+        ("before=..", "INVALID_OPERATION"),
+        ("before=1767225600000000000-0A1B2C3D", "INVALID_OPERATION"),
+    ],
+)
+async def test_a_bad_page_is_400(client: Client, query: str, code: str) -> None:
+    await put(client, {"i": 0})
+    assert await error_code(await client.get(f"{HISTORY}?{query}")) == (400, code)

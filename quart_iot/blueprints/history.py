@@ -17,6 +17,7 @@ from quart_iot.models import (
     DiffQuery,
     ETagHeader,
     HistoryList,
+    HistoryQuery,
     JsonPatch,
     SavedHeaders,
 )
@@ -39,11 +40,12 @@ async def list_deleted() -> Response:
 
 
 @blueprint.get("/api/configs/<mac_address>/history")
+@validate_querystring(HistoryQuery)
 @document_response(HistoryList)
 @document_errors(400, 404, 422, 503)
-async def list_versions(mac_address: str) -> Response:
-    """Every kept version of one device, newest first (also after it was deleted)."""
-    body = await current_store().versions_json(mac_address)
+async def list_versions(mac_address: str, query_args: HistoryQuery) -> Response:
+    """A page of one device's kept versions, newest first (also after it was deleted)."""
+    body = await current_store().versions_json(mac_address, query_args.limit, query_args.before)
     return Response(body, content_type="application/json")
 
 

@@ -16,7 +16,7 @@ from quart import Quart, current_app
 
 from quart_iot.documents import Document
 from quart_iot.errors import ApiError, ShuttingDown, WriteOutlived
-from quart_iot.models import StorageState
+from quart_iot.models import HISTORY_PAGE, HISTORY_PAGE_MAX, StorageState
 from quart_iot.patch import Operation, make_patch
 from quart_iot.settings import Settings
 from quart_iot.store.backend import (
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 
 Outcome = TypeVar("Outcome", Saved, Deleted)
 
-HISTORY_PAGE = 50  # versions per history page by default (HISTORY_MAX_VERSIONS' default)
-HISTORY_PAGE_MAX = 1000
 WRITE_END_SECONDS = 30.0  # at the end of the stop, how long writes still running are awaited
 ANYONE = WriteMeta()
 

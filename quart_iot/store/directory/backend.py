@@ -151,7 +151,7 @@ class DirectoryBackend:
     # -- history -----------------------------------------------------------------------------
 
     async def versions_json(self, mac: str, limit: int, before: str | None) -> bytes:
-        return await _read(self._history_read, self.catalogue.listing, mac)
+        return await _read(self._history_read, self.catalogue.listing, mac, limit, before)
 
     async def version(self, mac: str, version: str) -> StoredConfig:
         _, stored = await _read(self._history_read, self.catalogue.read, mac, version)
