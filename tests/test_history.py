@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
@@ -620,3 +621,43 @@ async def test_a_cursor_is_a_position_even_once_its_version_is_gone(client: Clie
 async def test_a_bad_page_is_400(client: Client, query: str, code: str) -> None:
     await put(client, {"i": 0})
     assert await error_code(await client.get(f"{HISTORY}?{query}")) == (400, code)
+
+
+async def test_saves_and_deletes_never_list_the_devices_history(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Their cost must not grow with the versions kept (bench/history_depth.py measures it).
+    for i in range(3):
+        await put(client, {"i": i})
+    listed: list[object] = []
+    real_listdir = os.listdir
+
+    def listdir(path: Any = ".") -> list[str]:
+        if threading.current_thread().name.startswith("quart_iot-batches"):  # not the sweep
+            listed.append(path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    for i in range(3):
+        await put(client, {"i": 10 + i})
+        assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204
+    monkeypatch.undo()
+    assert listed == []
+    changes = [v["change"] for v in await versions(client)]
+    assert changes == ["deleted", "created"] * 2 + ["deleted"] + ["updated"] * 3 + ["created"]
+
+
+async def test_version_ids_keep_their_order_when_a_clock_goes_back(
+    client: Client, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = []
+    for i in range(3):
+        if i == 2:
+            (configs_dir / ".history" / MAC / ".newest").unlink()  # a shelf from before marks
+        if i:
+            monkeypatch.setattr(time, "time_ns", lambda: 10**18)  # a replica's clock in 2001
+        await put(client, {"i": i})
+        monkeypatch.undo()
+        ids.append((await versions(client))[0]["version"])
+    assert ids == sorted(ids)
+    assert [int(id_[:19]) for id_ in ids[1:]] == [int(id_[:19]) + 1 for id_ in ids[:-1]]

@@ -28,8 +28,10 @@ def history(server: Server, mac: str) -> list[dict[str, Any]]:
 
 
 def kept_contents(directory: Path, mac: str) -> list[bytes]:
-    """Every version file of a device, each of which must be a whole document."""
-    files = sorted((directory / ".history" / mac).iterdir())
+    """Every version file of a device, each of which must be a whole document, and the
+    document a delete held when the kill came (the next sweep makes it its version)."""
+    shelf = directory / ".history" / mac
+    files = sorted(p for p in shelf.iterdir() if p.name.endswith((".json", ".deleting")))
     contents = [path.read_bytes() for path in files]
     for data in contents:
         parse_document(data)

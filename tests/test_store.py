@@ -61,7 +61,7 @@ async def test_failed_rename_keeps_the_old_document_and_no_temp(
     write_config(configs_dir, MAC, {"v": "old"})
     store = ConfigStore(DirectoryBackend(configs_dir))
 
-    def broken_rename(src: object, dst: object) -> None:
+    def broken_rename(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "rename", broken_rename)

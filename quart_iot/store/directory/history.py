@@ -15,7 +15,7 @@ import stat
 from collections.abc import Iterator
 
 from quart_iot.store.directory.retention import Retention
-from quart_iot.store.directory.versions import Shelf, Shelves, Version
+from quart_iot.store.directory.versions import Shelf, Shelves
 
 log = logging.getLogger(__name__)
 
@@ -44,29 +44,29 @@ class History:
         current = shelf.current(mac)
         if current is None:
             return False
-        if not stat.S_ISREG(current.st_mode) or self._is_newest(shelf, current):
+        if not stat.S_ISREG(current.st_mode) or shelf.is_newest(current):
             return True
-        shelf.link(mac, Version(shelf.new_id(), "updated" if shelf.newest() else "created"))
+        kept_before = shelf.newest_name() is not None
+        shelf.link(mac, shelf.issue("updated" if kept_before else "created"))
         os.fsync(shelf.fd)  # kept durably before the rename that replaces it can be
         return True
 
     def record(self, shelf: Shelf, mac: str, change: str, fd: int, by: str | None) -> str | None:
         """Link the current file as a new version if it is the file of `fd`, signed by
         subject `by` when there is one; the version's id (None: replaced meanwhile)."""
-        version = Version(shelf.new_id(), change)
+        version = shelf.issue(change)
         self._sign(shelf, version.id, mac, by)
         shelf.link(mac, version)
         if not os.path.samestat(shelf.stat(version), os.fstat(fd)):
             shelf.unlink(version)  # replaced meanwhile
             return None
-        if self.retention.past_limit(shelf):
-            self.retention.note(mac)
+        self.retention.note(mac)  # the sweep's prune decides, listing the shelf, off this path
         return version.id
 
     def hold_deleted(self, shelf: Shelf, mac: str, by: str | None) -> str:
         """Keep the document a delete is about to remove, durably, where no reader lists it;
         the id its `deleted` version gets once the document is gone (`release_deleted`)."""
-        version_id = shelf.new_id()
+        version_id = shelf.issue("deleted").id
         self._sign(shelf, version_id, mac, by)
         shelf.hold(mac, version_id)
         try:
@@ -96,13 +96,3 @@ class History:
     def sync(self, mac: str) -> None:
         """fsync the device's shelf (after a save, outside the lock)."""
         self.shelves.fsync(mac)
-
-    @staticmethod
-    def _is_newest(shelf: Shelf, current: os.stat_result) -> bool:
-        version = shelf.newest()
-        if version is None:
-            return False
-        try:
-            return os.path.samestat(shelf.stat(version), current)
-        except FileNotFoundError:
-            return False

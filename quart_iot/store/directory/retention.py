@@ -5,7 +5,6 @@ the metrics on the way."""
 
 import contextlib
 import threading
-import time
 
 from quart_iot.store.directory.versions import Shelf, Shelves, Version
 
@@ -22,19 +21,13 @@ class Retention:
         self.versions_kept: int | None = None  # as of the last survey
         self.bytes_used: int | None = None
         self.pruned = 0
-        self._pending: set[str] = set()  # devices a write took past a limit: prune soon
+        self._pending: set[str] = set()  # devices written (or surveyed): checked at the next sweep
         self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
         """Whether history is on: whether writes keep versions, and retention has work."""
         return self.max_versions > 0
-
-    def past_limit(self, shelf: Shelf) -> bool:
-        """Whether the shelf holds a version that retention removes."""
-        oldest = shelf.oldest()
-        too_old = oldest is not None and time.time_ns() - oldest.saved_ns > self.max_age_ns
-        return len(shelf.names) > self.max_versions or too_old
 
     def note(self, *macs: str) -> None:
         """Prune these devices at the next sweep."""
