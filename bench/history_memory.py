@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from quart_iot.store import ConfigStore, Precondition
+from quart_iot.store import DirectoryBackend, Precondition
 
 CONTENT = {"deviceName": "bench device", "wifi": {"ssid": "lab", "password": "secret"}}
 
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     os.fsync = lambda fd: None  # memory, not durability
     with tempfile.TemporaryDirectory() as directory:
-        store = ConfigStore(Path(directory), history_max_versions=args.versions)
+        store = DirectoryBackend(Path(directory), history_max_versions=args.versions)
         macs = [mac_of(index) for index in range(args.devices)]
         for mac in macs:
             for version in range(args.versions):

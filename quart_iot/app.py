@@ -6,6 +6,7 @@ from quart import Quart
 from quart_cors import cors
 
 from quart_iot.apidocs import ApiDocs
+from quart_iot.audit import Audit
 from quart_iot.blueprints import configs, health, history
 from quart_iot.correlation import HEADER, CorrelationIds
 from quart_iot.errors import register_error_handlers
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     AllowedHosts(settings.allowed_hosts).init_app(app)  # before any handler or body read
     Notifications(settings).init_app(app)
     AccessControl(settings).init_app(app)
+    Audit(settings).init_app(app)  # from the store's write events
     GracefulStop(settings.shutdown_timeout).init_app(app)
     Waiting(settings).init_app(app)
     register_error_handlers(app)
@@ -60,6 +62,12 @@ def create_app(settings: Settings | None = None) -> Quart:
             "Last-Event-ID",
             HEADER,
         ],
-        expose_headers=["ETag", "WWW-Authenticate", "Preference-Applied", HEADER],
+        expose_headers=[
+            "ETag",
+            "WWW-Authenticate",
+            "Preference-Applied",
+            "Config-Unchanged",
+            HEADER,
+        ],
         max_age=600,
     )

@@ -24,7 +24,7 @@ import asyncpg
 from quart_iot.documents import InvalidJson, etag_of, parse_document
 from quart_iot.errors import ApiError, StorageUnavailable
 from quart_iot.settings import check_database_url
-from quart_iot.store.files import (
+from quart_iot.store.directory.files import (
     CONFIG_NAME,
     HISTORY_NAME,
     LOCK_NAME,
@@ -32,11 +32,11 @@ from quart_iot.store.files import (
     Directory,
     Unusable,
 )
+from quart_iot.store.directory.versions import Shelves, Version
 from quart_iot.store.postgres import transfer
 from quart_iot.store.postgres.database import UNAVAILABLE, Database, Limits, reason_of
 from quart_iot.store.postgres.schema import SchemaTooNew, migrate, schema_version
 from quart_iot.store.records import summary_json
-from quart_iot.store.versions import Shelves, Version
 
 MAX_BYTES = 64 * 1024 * 1024  # MAX_CONTENT_LENGTH's largest: nothing a service can read is left
 BATCH = 500  # versions written into PostgreSQL per transaction
@@ -212,7 +212,7 @@ class DirectoryStore:
             version = Version(item.id, item.change)
             if item.subject is not None:
                 with contextlib.suppress(FileExistsError):  # from an interrupted copy
-                    shelf.sign(version, item.subject)
+                    shelf.sign(version.id, item.subject)
             self._install(item.data, version.name, shelf.fd)
             os.fsync(shelf.fd)
 

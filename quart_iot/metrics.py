@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from quart_iot import storagetime
 from quart_iot.errors import StorageUnavailable
 from quart_iot.procstats import read_process_stats
-from quart_iot.store import ConfigStore, current_store
+from quart_iot.store import StorageStats, current_store
 
 CONFIG_BLUEPRINTS = frozenset({"configs", "history"})
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -113,7 +113,8 @@ class Metrics:
     async def scrape(self) -> Response:
         """Prometheus text format; the file gauges are read from the directory now."""
         store = current_store()
-        self.writes_blocked.set({}, int(store.writes_blocked))
+        stats = store.stats()
+        self.writes_blocked.set({}, int(stats.writes_blocked))
         try:
             count = await store.count()
         except StorageUnavailable:
@@ -122,17 +123,16 @@ class Metrics:
         else:
             self.files.set({}, count)
             self.storage_up.set({}, 1)
-        self._history(store)
+        self._history(stats)
         await self._process.update()
         body, headers = render(self.registry, request.headers.getlist("Accept"))
         return Response(body + b"\n", status=200, headers=headers)
 
-    def _history(self, store: ConfigStore) -> None:
-        history = store.retention
-        if history.versions_kept is not None and history.bytes_used is not None:
-            self.history_versions.set({}, history.versions_kept)
-            self.history_bytes.set({}, history.bytes_used)
-        self.history_pruned.set({}, history.pruned)
+    def _history(self, stats: StorageStats) -> None:
+        if stats.versions_kept is not None and stats.history_bytes is not None:
+            self.history_versions.set({}, stats.versions_kept)
+            self.history_bytes.set({}, stats.history_bytes)
+        self.history_pruned.set({}, stats.pruned)
 
 
 def route_label() -> str:

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
 from quart_iot.bulk import DevicePlan, Journal, planned_status
 from quart_iot.validation import MODEL_CODE_PATTERN
 
+HISTORY_PAGE = 50  # versions per history page unless `?limit=` says (HISTORY_MAX_VERSIONS')
+HISTORY_PAGE_MAX = 1000
 StorageState = Literal["read-write", "read-only", "writes-blocked", "unavailable"]
 MqttState = Literal["connected", "disconnected", "disabled"]
 
@@ -89,6 +91,17 @@ class ETagHeader(BaseModel):
     etag: str = Field(alias="ETag", description="Strong ETag of the stored document")
 
 
+class SavedHeaders(ETagHeader):
+    """The ETag of the document the write made current, and whether it changed anything."""
+
+    config_unchanged: str = Field(
+        default="true",
+        alias="Config-Unchanged",
+        description="Sent (`true`) only when the document held these very bytes already: "
+        "nothing was written and no history version was kept",
+    )
+
+
 class ConditionalHeaders(BaseModel):
     """Optimistic concurrency: send the ETag you read, or `*`."""
 
@@ -115,11 +128,26 @@ class HistoryVersion(ConfigSummary):
 
 
 class HistoryList(BaseModel):
-    """Every kept version of one device, newest first."""
+    """A page of one device's kept versions, newest first."""
 
     mac_address: str
     versions: list[HistoryVersion]
-    count: int
+    count: int = Field(description="The versions on this page")
+    next: str | None = Field(
+        description="The cursor of the next (older) page: pass it as `?before=`; null on the "
+        "last page"
+    )
+
+
+class HistoryQuery(BaseModel):
+    """Which page: at most `limit` versions, older than the version `before` (a cursor)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=HISTORY_PAGE, ge=1, le=HISTORY_PAGE_MAX)
+    before: str | None = Field(
+        default=None, description="A version id: the page holds versions older than it"
+    )
 
 
 class DeletedConfig(HistoryVersion):

@@ -1,8 +1,9 @@
 """Notifications extension: tell devices over MQTT that their config changed.
 
-After each successful save, the device's MAC goes into a bounded, ordered set of pending
-notifications: a second save of a device still pending merges into it (the payload,
-`{"filename": "<mac>.json"}`, names only the file), so the bound counts devices, not saves.
+After each save or restore that took effect (the store's write events), the device's MAC goes
+into a bounded, ordered set of pending notifications: a second save of a device still
+pending merges into it (the payload, `{"filename": "<mac>.json"}`, names only the file), so
+the bound counts devices, not saves.
 A background task publishes them with QoS 1 and forgets one only once the broker acknowledged
 it, reconnecting with backoff while the broker is away. A request never waits for the broker.
 """
@@ -25,7 +26,7 @@ from quart import Quart, current_app
 from quart_iot.metrics import Metrics
 from quart_iot.models import MqttState
 from quart_iot.settings import Settings
-from quart_iot.store import ConfigStore, StoredConfig
+from quart_iot.store import ConfigStore, Written
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class Notifications:
         if self.broker is None:
             return
         self._register_metrics(cast(Metrics, app.extensions["metrics"]))
-        cast(ConfigStore, app.extensions["config_store"]).saved_listeners.append(self.enqueue)
+        ConfigStore.of(app).write_listeners.append(self._written)
         app.before_serving(self._start)
         app.after_serving(self._stop)
 
@@ -130,19 +131,22 @@ class Notifications:
         self.connected_gauge.set({}, 0)
         self.queued_gauge.set({}, 0)
 
-    def enqueue(self, stored: StoredConfig) -> None:
+    def _written(self, written: Written) -> None:
+        # A save whose bytes were unchanged is notified too: as before, every successful PUT.
+        if written.applied and written.action != "delete":
+            self.enqueue(written.mac)
+
+    def enqueue(self, mac: str) -> None:
         """Queue the notification for a saved document; never blocks, drops when full."""
-        if stored.mac in self._pending:
+        if mac in self._pending:
             # Not yet sent: it will tell the device to fetch the file, which is now this save.
             self.publishes.inc({"status": "merged"})
             return
         if self.queued >= self.queue_size:
             self.publishes.inc({"status": "dropped"})
-            log.warning(
-                "MQTT queue full (%d): notification for %s dropped", self.queue_size, stored.mac
-            )
+            log.warning("MQTT queue full (%d): notification for %s dropped", self.queue_size, mac)
             return
-        self._pending[stored.mac] = None
+        self._pending[mac] = None
         self._changed()
 
     def _changed(self) -> None:

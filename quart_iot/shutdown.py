@@ -1,29 +1,26 @@
-"""GracefulStop extension: at SIGTERM, refuse new writes and let the writes in flight finish.
+"""GracefulStop extension: at SIGTERM, the store refuses new writes and the writes in flight
+finish.
 
-A write request counts as started once its headers arrived (its body may still be on its
-way). On stop, writes that arrive get 503 SHUTTING_DOWN with Retry-After, readiness turns
-503, and the stop waits up to SHUTDOWN_TIMEOUT for the started ones to answer; only then does
-hypercorn close its sockets. A write still running at that deadline is answered 503 (its
-outcome unknown to the client) and the process waits for its file operation to end.
+On stop, readiness turns 503, the store answers every write that reaches it 503
+SHUTTING_DOWN with Retry-After (the store decides what a write is: PUT, DELETE and restore
+alike), and the stop waits up to SHUTDOWN_TIMEOUT for the writes the store is carrying out;
+only then does hypercorn close its sockets. A write still running at that deadline is
+answered 503 (its outcome unknown to the client) and goes on to its end.
 """
 
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import cast
 
-from quart import Quart, current_app, g, request
+from quart import Quart, current_app
 
-from quart_iot.errors import ShuttingDown
 from quart_iot.store import ConfigStore
 
 log = logging.getLogger(__name__)
 
-WRITE_METHODS = frozenset({"PUT", "DELETE"})
-
 
 class GracefulStop:
-    """Extension: counts the write requests in flight and drains them on stop."""
+    """Extension: on stop, refuse the store's new writes and drain those in flight."""
 
     ANSWER_SECONDS = 1.0  # at least this long to send the answers after the drain
 
@@ -31,52 +28,37 @@ class GracefulStop:
         self.timeout = timeout
         self.stopping = False
         self.gave_up = False  # some write outlived the timeout
-        self._writes = 0
-        self._idle = asyncio.Event()  # no write request in flight
-        self._idle.set()
         self._store: ConfigStore | None = None
         # Called on the loop the moment the stop begins (long polls are answered then).
         self.stop_listeners: list[Callable[[], None]] = []
 
+    @classmethod
+    def of(cls, app: Quart) -> "GracefulStop":
+        stop = app.extensions["graceful_stop"]
+        assert isinstance(stop, cls)
+        return stop
+
     def init_app(self, app: Quart) -> None:
         app.extensions["graceful_stop"] = self
-        self._store = cast(ConfigStore, app.extensions["config_store"])
-        app.before_request(self._admit)
-        app.teardown_request(self._release)
-
-    async def _admit(self) -> None:
-        if request.method not in WRITE_METHODS or request.blueprint != "configs":
-            return
-        if self.stopping:
-            raise ShuttingDown
-        g.write_in_flight = True
-        self._writes += 1
-        self._idle.clear()
-
-    async def _release(self, _: BaseException | None) -> None:
-        if g.pop("write_in_flight", False):
-            self._writes -= 1
-            if not self._writes:
-                self._idle.set()
+        self._store = ConfigStore.of(app)
 
     async def drain(self) -> float:
         """Refuse new writes, wait for those in flight; the seconds left of the timeout."""
+        assert self._store is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         self.stopping = True
+        self._store.refuse_writes()
         for listener in self.stop_listeners:
             listener()
-        log.info("stopping: new writes refused, %d in flight", self._writes)
-        try:
-            await asyncio.wait_for(self._idle.wait(), self.timeout)
-        except TimeoutError:
+        log.info("stopping: new writes refused, %d in flight", self._store.writes_in_flight)
+        if not await self._store.drain(self.timeout):
             log.warning(
                 "stopping: %d write(s) still running after SHUTDOWN_TIMEOUT (%gs); their "
                 "clients get 503, and the process waits for each file operation to end",
-                self._writes,
+                self._store.writes_in_flight,
                 self.timeout,
             )
-            assert self._store is not None
             self.gave_up = True
             self._store.give_up_writes()
         return max(0.0, deadline - loop.time())

@@ -26,10 +26,11 @@ from typing import cast
 from aioprometheus.collectors import Gauge
 from quart import Quart, Response, current_app, request
 
+from quart_iot import store
 from quart_iot.errors import ApiError, TooManyWaiters
 from quart_iot.settings import Settings
 from quart_iot.shutdown import GracefulStop
-from quart_iot.store import ConfigStore, canonical_mac
+from quart_iot.store import ConfigStore, Written, canonical_mac
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,8 @@ class Waiting:
         )
         self._count("long_poll", 0)
         self._count("events", 0)
-        store = cast(ConfigStore, app.extensions["config_store"])
-        store.change_listeners.append(self._changed)
+        store = ConfigStore.of(app)
+        store.change_sinks.append(self)
         cast(GracefulStop, app.extensions["graceful_stop"]).stop_listeners.append(self.stop)
         if self._peers is not None:
             self._peers.init_app(app, store)
@@ -208,6 +209,13 @@ class Waiting:
             if not stream.done():
                 stream.set_result(None)
 
+    def change_seen(self, change: store.Change) -> None:
+        """The store's ChangeSink: one change (ids stay this extension's own for now)."""
+        self._changed(change.mac, change.etag)
+
+    def changes_missed(self) -> None:
+        """The store's ChangeSink: the directory store never misses one."""
+
     def stop(self) -> None:
         """Answer every waiter now (304, the streams close): the process is stopping."""
         self.stopping = True
@@ -265,7 +273,7 @@ class Peers:
         self._store = store
         app.before_serving(self._start)
         app.after_serving(self._stop)
-        app.after_request(self._tell)
+        store.write_listeners.append(self._wrote)
 
     async def _start(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -282,18 +290,12 @@ class Peers:
             self._sock.close()
             self.path.unlink(missing_ok=True)
 
-    async def _tell(self, response: Response) -> Response:
-        if (
-            self._sock is not None
-            and request.method in ("PUT", "DELETE")
-            and request.blueprint == "configs"
-            and response.status_code in (200, 204)
-        ):
-            mac = canonical_mac((request.view_args or {})["mac_address"]).encode()
+    def _wrote(self, written: Written) -> None:
+        """Every write of this process that changed the store (a restore too)."""
+        if self._sock is not None and written.changed_store:
             for peer in self.others:
                 with contextlib.suppress(OSError):  # a peer not there: its sweep will see it
-                    self._sock.sendto(mac, str(peer))
-        return response
+                    self._sock.sendto(written.mac.encode(), str(peer))
 
     def _received(self) -> None:
         assert self._sock is not None

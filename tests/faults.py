@@ -7,6 +7,7 @@ fault to `Server(directory, env)` (or merge several faults' envs).
 - `slow_fsync_env(seconds)`: every fsync sleeps that long first.
 - `FsyncGate(tmp_path)`: every fsync waits until the test calls `release()`; `wait_held()`
   returns once a server thread is held in one (a write is mid-way, its temp file written).
+  `FsyncGate(tmp_path, armed=False)` lets every fsync through until the test calls `arm()`.
 """
 
 import os
@@ -24,7 +25,7 @@ if _delay or _gate:
     _fsync = os.fsync
 
     def fsync(fd):
-        if _gate:
+        if _gate and not os.path.exists(os.path.join(_gate, "disarmed")):
             open(os.path.join(_gate, "held"), "a").close()
             while not os.path.exists(os.path.join(_gate, "released")):
                 time.sleep(0.01)
@@ -55,10 +56,16 @@ def slow_fsync_env(seconds: float) -> dict[str, str]:
 class FsyncGate:
     """Holds every os.fsync of a server process until the test releases it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, armed: bool = True) -> None:
         self.directory = directory  # a scratch directory of the test, not the configs one
         self.directory.mkdir(parents=True, exist_ok=True)
         self.env = _with_hook({"QUART_IOT_FAULT_FSYNC_GATE": str(directory)})
+        if not armed:
+            (self.directory / "disarmed").touch()
+
+    def arm(self) -> None:
+        """From now on, hold every fsync (until `release()`)."""
+        (self.directory / "disarmed").unlink(missing_ok=True)
 
     def wait_held(self, timeout: float = 20.0) -> None:
         """Block until a server thread waits in fsync (run it with asyncio.to_thread)."""

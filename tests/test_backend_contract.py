@@ -35,11 +35,11 @@ class Recorder:
         self.missed_count = 0
         self._heard = asyncio.Event()
 
-    def changed(self, change: Change) -> None:
+    def change_seen(self, change: Change) -> None:
         self.changes.append(change)
         self._heard.set()
 
-    def missed(self) -> None:
+    def changes_missed(self) -> None:
         self.missed_count += 1
         self._heard.set()
 

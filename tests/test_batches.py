@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from quart_iot.batches import BatchedThreads
-from quart_iot.store import ConfigStore, StoredConfig
-from quart_iot.store.files import Directory
+from quart_iot.store import ConfigStore, Written
+from quart_iot.store.directory.batches import BatchedThreads
+from quart_iot.store.directory.files import Directory
 from tests.conftest import MAC
 
 _request = contextvars.ContextVar("request", default="-")
@@ -123,8 +123,8 @@ async def test_a_save_whose_request_is_cancelled_still_lands_and_is_told(
         return write_temp(self, name, data)
 
     monkeypatch.setattr(Directory, "write_temp", held)
-    told: list[StoredConfig] = []
-    store.saved_listeners.append(told.append)
+    told: list[Written] = []
+    store.write_listeners.append(told.append)
     task = asyncio.create_task(store.save(MAC, {"deviceName": "x"}))
     assert await asyncio.to_thread(started.wait, 10)
     task.cancel()
@@ -134,5 +134,5 @@ async def test_a_save_whose_request_is_cancelled_still_lands_and_is_told(
     deadline = time.monotonic() + 10
     while not told and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    assert [stored.mac for stored in told] == [MAC]
+    assert [(written.mac, written.applied) for written in told] == [(MAC, True)]
     assert json.loads((configs_dir / f"{MAC}.json").read_bytes()) == {"deviceName": "x"}

@@ -14,9 +14,10 @@ import httpx
 import pytest
 
 from quart_iot.documents import Document, parse_document
-from quart_iot.store import ConfigStore, Signature
-from quart_iot.store.files import Directory
-from quart_iot.store.index import Index
+from quart_iot.store import ConfigStore, DirectoryBackend
+from quart_iot.store.directory import Signature
+from quart_iot.store.directory.files import Directory
+from quart_iot.store.directory.index import Index
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
 from tests.server import running_server
 
@@ -265,7 +266,7 @@ async def test_get_parses_a_file_again_only_when_it_changed(
         parsed.append(data)
         return parse_document(data)
 
-    monkeypatch.setattr("quart_iot.store.index.parse_document", counting)
+    monkeypatch.setattr("quart_iot.store.directory.index.parse_document", counting)
     for _ in range(3):
         body = await (await client.get(f"/api/configs/{MAC}")).get_json()
         assert body["device_name"] == "one"
@@ -278,16 +279,16 @@ async def test_get_parses_a_file_again_only_when_it_changed(
 
 
 def test_a_sweep_of_a_vanished_directory_does_nothing(tmp_path: Path) -> None:
-    store = ConfigStore(tmp_path / "missing")
-    store.index.sweep()
-    assert store.index._entries == {}
+    backend = DirectoryBackend(tmp_path / "missing")
+    backend.index.sweep()
+    assert backend.index._entries == {}
 
 
 def test_lists_queued_behind_one_check_share_it(
     configs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_config(configs_dir, MAC, {"deviceName": "a"})
-    store = ConfigStore(configs_dir)
+    index = DirectoryBackend(configs_dir).index
     checks: list[int] = []
     check_directory = Index._check_directory
 
@@ -297,11 +298,11 @@ def test_lists_queued_behind_one_check_share_it(
 
     monkeypatch.setattr(Index, "_check_directory", counting)
     arrived = time.monotonic_ns()
-    assert store.index.listing(arrived)[1] == 1
-    assert store.index.listing(arrived)[1] == 1  # arrived before that check began: shares it
+    assert index.listing(arrived)[1] == 1
+    assert index.listing(arrived)[1] == 1  # arrived before that check began: shares it
     assert len(checks) == 1
     write_config(configs_dir, OTHER_MAC, {"deviceName": "b"})
-    assert store.index.listing(time.monotonic_ns())[1] == 2  # arrived after: checks again
+    assert index.listing(time.monotonic_ns())[1] == 2  # arrived after: checks again
     assert len(checks) == 2
 
 

@@ -125,10 +125,17 @@ async def test_a_deleted_document_is_kept_durably_before_the_unlink(
 ) -> None:
     write_config(configs_dir, MAC, {"deviceName": "old"})
     assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204
-    kept = _index(events, lambda e: e[0] == "link" and e[1] == f"{MAC}.json")
-    synced = _index(events, lambda e: e == ("fsync", "dir", _history_dir(configs_dir)))
+    held = _index(events, lambda e: e[0] == "link" and e[1] == f"{MAC}.json")
+    shelf = [i for i, e in enumerate(events) if e == ("fsync", "dir", _history_dir(configs_dir))]
     removed = _index(events, lambda e: e[0] == "unlink" and e[1].endswith(f"/{MAC}.json"))
-    assert kept < synced < removed
+    named = _index(events, lambda e: e[0] == "rename" and e[2].endswith(".deleted.json"))
+    configs = os.path.realpath(configs_dir)
+    synced = max(i for i, e in enumerate(events) if e == ("fsync", "dir", configs))
+    # Held (where no reader lists it) and synced, unlinked, then named `deleted`, then both
+    # directories synced before the answer.
+    assert len(shelf) == 2, events
+    assert events[held][2].endswith(".deleting")
+    assert held < shelf[0] < removed < named < shelf[1] < synced
 
 
 async def test_a_new_version_is_synced_before_the_put_answers(

@@ -5,11 +5,12 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from quart import Quart
@@ -17,7 +18,9 @@ from quart import Quart
 from quart_iot.app import create_app
 from quart_iot.patch import make_patch
 from quart_iot.settings import Settings
-from quart_iot.store import ConfigStore, Precondition
+from quart_iot.store import ConfigStore, DirectoryBackend, Precondition, WriteMeta, Written
+from quart_iot.store.directory.files import Directory
+from quart_iot.store.directory.versions import Shelf
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
 
 HISTORY = f"/api/configs/{MAC}/history"
@@ -339,7 +342,11 @@ async def test_a_failed_directory_fsync_never_drops_a_document_unkept(
 
 
 def store_of(app: Quart) -> ConfigStore:
-    return cast(ConfigStore, app.extensions["config_store"])
+    return ConfigStore.of(app)
+
+
+def by(subject: str) -> WriteMeta:
+    return WriteMeta(subject)
 
 
 def shelf_names(configs_dir: Path, mac: str = MAC) -> list[str]:
@@ -360,8 +367,8 @@ def shelf_names(configs_dir: Path, mac: str = MAC) -> list[str]:
 async def test_a_subject_is_kept_exactly(
     app: Quart, client: Client, configs_dir: Path, subject: str, kept: str
 ) -> None:
-    await store_of(app).save(MAC, {"v": 1}, by=subject)
-    await store_of(app).delete(MAC, by="bob")
+    await store_of(app).save(MAC, {"v": 1}, meta=by(subject))
+    await store_of(app).delete(MAC, meta=by("bob"))
     assert [(v["change"], v["subject"]) for v in await versions(client)] == [
         ("deleted", "bob"),
         ("created", kept),
@@ -374,7 +381,7 @@ async def test_a_subject_link_the_service_did_not_make_reads_as_null(
     app: Quart, client: Client, configs_dir: Path
 ) -> None:
     for i in range(4):
-        await store_of(app).save(MAC, {"v": i}, by="alice")
+        await store_of(app).save(MAC, {"v": i}, meta=by("alice"))
     shelf = configs_dir / ".history" / MAC
     planted = sorted(shelf.glob("*.subject"), reverse=True)  # not listed yet: nothing cached
     assert len(planted) == 4
@@ -394,7 +401,7 @@ async def test_a_version_is_kept_when_its_subject_cannot_be(
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(os, "symlink", no_links)
-    await store_of(app).save(MAC, {"v": 1}, by="alice")
+    await store_of(app).save(MAC, {"v": 1}, meta=by("alice"))
     assert [(v["change"], v["subject"]) for v in await versions(client)] == [("created", None)]
     assert "subject of a version of" in caplog.text
 
@@ -407,7 +414,7 @@ async def test_retention_takes_the_subjects_with_their_versions(
     shelf = configs_dir / ".history" / MAC
     orphan, planted = shelf / f"{NEVER}.subject", shelf / f"{NEVER[:-1]}f.subject"
     for i in range(6):
-        await store.save(MAC, {"i": i}, by=f"writer{i}")
+        await store.save(MAC, {"i": i}, meta=by(f"writer{i}"))
         if i == 0:
             orphan.symlink_to('"ghost"')  # as a crash between a subject and its version leaves
             planted.mkdir()  # not the service's: left alone, and no sweep fails on it
@@ -419,7 +426,7 @@ async def test_retention_takes_the_subjects_with_their_versions(
     metrics = await (await client.get("/metrics")).get_data(as_text=True)
     assert "iot_config_history_pruned_total 3" in metrics  # the prune ended well
     planted.rmdir()
-    await store.delete(MAC, by="remover")
+    await store.delete(MAC, meta=by("remover"))
     for _ in range(100):  # past its days, the deleted device's history goes, shelf and all
         if not (configs_dir / ".history" / MAC).exists():
             break
@@ -432,12 +439,12 @@ def test_listing_many_histories_keeps_the_caches_within_their_budget(
 ) -> None:
     # A reader walking every device's history (a backup script, a hostile client) must not
     # make the process keep every version it saw: 60 devices x 50 versions here.
-    import quart_iot.store.catalogue
+    import quart_iot.store.directory.catalogue
 
     budget = 64 * 1024  # for each of the two caches: the versions' items, the listings
-    monkeypatch.setattr(quart_iot.store.catalogue, "CACHE_BYTES", budget, raising=False)
+    monkeypatch.setattr(quart_iot.store.directory.catalogue, "CACHE_BYTES", budget, raising=False)
     monkeypatch.setattr(os, "fsync", lambda fd: None)  # about memory, not durability
-    store = ConfigStore(configs_dir, history_max_versions=50)
+    store = DirectoryBackend(configs_dir, history_max_versions=50)
     macs = [f"aa-bb-cc-dd-{i >> 8:02x}-{i & 255:02x}" for i in range(60)]
     for mac in macs:
         for v in range(50):
@@ -454,3 +461,203 @@ def test_listing_many_histories_keeps_the_caches_within_their_budget(
     assert size > 8 * budget  # far more was listed than the caches may keep
     assert sum(stat.size_diff for stat in kept) < 3 * budget
     assert store.catalogue.listing(macs[0]) == listed[macs[0]]  # still right after eviction
+
+
+# -- a `deleted` version exists only if the delete happened (issue 17 item 19) -----------------
+
+
+def held_names(configs_dir: Path) -> list[str]:
+    return [name for name in shelf_names(configs_dir) if name.endswith(".deleting")]
+
+
+async def test_a_delete_whose_unlink_fails_keeps_no_deleted_version(
+    client: Client, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put(client, {"v": 1})
+
+    def refused(self: Directory, name: str) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Directory, "unlink", refused)
+    assert await error_code(await client.delete(f"/api/configs/{MAC}")) == (
+        503,
+        "STORAGE_UNAVAILABLE",
+    )
+    monkeypatch.undo()
+    assert [v["change"] for v in await versions(client)] == ["created"]
+    assert (await client.get(f"/api/configs/{MAC}")).status_code == 200
+    assert held_names(configs_dir) == []
+
+
+async def test_a_delete_left_half_done_is_undone_by_the_next_write(
+    client: Client, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a crash between the hold and the unlink leaves it: the held document stays.
+    await put(client, {"v": 1})
+
+    def refused(*args: Any) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Directory, "unlink", refused)
+    monkeypatch.setattr(Shelf, "drop", refused)
+    assert (await client.delete(f"/api/configs/{MAC}")).status_code == 503
+    monkeypatch.undo()
+    assert len(held_names(configs_dir)) == 1
+    assert [v["change"] for v in await versions(client)] == ["created"]  # never listed
+    await put(client, {"v": 2})
+    assert [v["change"] for v in await versions(client)] == ["updated", "created"]
+    assert held_names(configs_dir) == []
+
+
+async def test_a_deleted_version_not_named_at_once_is_named_by_the_next_write(
+    client: Client, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put(client, {"deviceName": "gone"})
+
+    def refused(*args: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(Shelf, "release", refused)
+    assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204
+    monkeypatch.undo()
+    assert len(held_names(configs_dir)) == 1
+    await put(client, {"deviceName": "back"})
+    listed = await versions(client)
+    assert [(v["change"], v["device_name"]) for v in listed] == [
+        ("created", "back"),
+        ("deleted", "gone"),
+        ("created", "gone"),
+    ]
+    assert held_names(configs_dir) == []
+
+
+# -- a save of the bytes already stored keeps no version (issue 17 item 19) -------------------
+
+
+@pytest.fixture
+async def three_versions(make_settings: Callable[..., Settings]) -> AsyncIterator[Quart]:
+    app = create_app(make_settings(history_max_versions=3))
+    async with app.test_app():
+        yield app
+
+
+async def test_identical_puts_keep_no_version_and_push_none_out(three_versions: Quart) -> None:
+    client = three_versions.test_client()
+    heard: list[Written] = []
+    ConfigStore.of(three_versions).write_listeners.append(heard.append)
+    etags = [await put(client, {"deviceName": name}) for name in "abc"]
+    for _ in range(100):
+        again = await client.put(f"/api/configs/{MAC}", json={"content": {"deviceName": "c"}})
+        assert again.status_code == 200
+        assert again.headers["ETag"] == f'"{etags[-1]}"'
+        assert again.headers["Config-Unchanged"] == "true"
+        assert (await again.get_json())["content"] == {"deviceName": "c"}
+    await asyncio.sleep(1.2)  # two sweeps: retention had its chance
+    assert [v["etag"] for v in await versions(client)] == etags[::-1]
+    assert [(w.unchanged, w.version is None) for w in heard] == [(False, False)] * 3 + [
+        (True, True)
+    ] * 100
+    assert all(w.applied and w.etag_before == w.etag_after for w in heard[3:])
+
+
+async def test_a_changed_put_and_a_restore_of_the_current_version(client: Client) -> None:
+    first = await client.put(f"/api/configs/{MAC}", json={"content": {"v": 1}})
+    assert "Config-Unchanged" not in first.headers
+    current = (await versions(client))[0]["version"]
+    restored = await client.post(f"{HISTORY}/{current}/restore")
+    assert restored.status_code == 200
+    assert restored.headers["Config-Unchanged"] == "true"
+    assert len(await versions(client)) == 1
+
+
+# -- history pages (issue 17 item 19) -----------------------------------------------------------
+
+
+async def page(client: Client, query: str) -> dict[str, Any]:
+    response = await client.get(f"{HISTORY}?{query}")
+    assert response.status_code == 200, await response.get_data()
+    body: dict[str, Any] = await response.get_json()
+    assert body["count"] == len(body["versions"])
+    return body
+
+
+async def test_the_history_comes_in_pages_newest_first(client: Client) -> None:
+    etags = [await put(client, {"i": i}) for i in range(7)]
+    pages, query = [], "limit=3"
+    while True:
+        body = await page(client, query)
+        pages.append([v["etag"] for v in body["versions"]])
+        if body["next"] is None:
+            break
+        assert body["next"] == body["versions"][-1]["version"]
+        query = f"limit=3&before={body['next']}"
+    assert pages == [etags[6:3:-1], etags[3:0:-1], etags[:1]]
+    whole = await page(client, "")  # 50 by default: here, all of them
+    assert ([v["etag"] for v in whole["versions"]], whole["next"]) == (etags[::-1], None)
+    last = whole["versions"][-1]["version"]
+    assert (await page(client, f"before={last}"))["versions"] == []
+
+
+async def test_a_cursor_is_a_position_even_once_its_version_is_gone(client: Client) -> None:
+    await put(client, {"i": 0})
+    await put(client, {"i": 1})
+    between = f"{int(time.time_ns()):019d}-00000000"  # no such version: between the two...
+    await put(client, {"i": 2})
+    body = await page(client, f"before={between}")  # ...the page holds those older than it
+    assert body["versions"] == (await versions(client))[1:]
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("limit=0", "VALIDATION_FAILED"),
+        ("limit=1001", "VALIDATION_FAILED"),
+        ("limit=x", "VALIDATION_FAILED"),
+        ("limits=3", "VALIDATION_FAILED"),
+        ("before=..", "INVALID_OPERATION"),
+        ("before=1767225600000000000-0A1B2C3D", "INVALID_OPERATION"),
+    ],
+)
+async def test_a_bad_page_is_400(client: Client, query: str, code: str) -> None:
+    await put(client, {"i": 0})
+    assert await error_code(await client.get(f"{HISTORY}?{query}")) == (400, code)
+
+
+async def test_saves_and_deletes_never_list_the_devices_history(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Their cost must not grow with the versions kept (bench/history_depth.py measures it).
+    for i in range(3):
+        await put(client, {"i": i})
+    listed: list[object] = []
+    real_listdir = os.listdir
+
+    def listdir(path: Any = ".") -> list[str]:
+        if threading.current_thread().name.startswith("quart_iot-batches"):  # not the sweep
+            listed.append(path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    for i in range(3):
+        await put(client, {"i": 10 + i})
+        assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204
+    monkeypatch.undo()
+    assert listed == []
+    changes = [v["change"] for v in await versions(client)]
+    assert changes == ["deleted", "created"] * 2 + ["deleted"] + ["updated"] * 3 + ["created"]
+
+
+async def test_version_ids_keep_their_order_when_a_clock_goes_back(
+    client: Client, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = []
+    for i in range(3):
+        if i == 2:
+            (configs_dir / ".history" / MAC / ".newest").unlink()  # a shelf from before marks
+        if i:
+            monkeypatch.setattr(time, "time_ns", lambda: 10**18)  # a replica's clock in 2001
+        await put(client, {"i": i})
+        monkeypatch.undo()
+        ids.append((await versions(client))[0]["version"])
+    assert ids == sorted(ids)
+    assert [int(id_[:19]) for id_ in ids[1:]] == [int(id_[:19]) + 1 for id_ in ids[:-1]]

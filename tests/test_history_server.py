@@ -1,8 +1,10 @@
 """History against the real server: two processes on one directory, SIGKILL amid writers,
 hostile version strings on the wire."""
 
+import contextlib
 import random
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 
 from quart_iot.documents import dump_document, etag_of, parse_document
 from tests.conftest import MAC
+from tests.faults import FsyncGate
 from tests.harness import assert_error_body, raw_request, snapshot, temp_files
 from tests.server import Server, running_server
 
@@ -25,8 +28,10 @@ def history(server: Server, mac: str) -> list[dict[str, Any]]:
 
 
 def kept_contents(directory: Path, mac: str) -> list[bytes]:
-    """Every version file of a device, each of which must be a whole document."""
-    files = sorted((directory / ".history" / mac).iterdir())
+    """Every version file of a device, each of which must be a whole document, and the
+    document a delete held when the kill came (the next sweep makes it its version)."""
+    shelf = directory / ".history" / mac
+    files = sorted(p for p in shelf.iterdir() if p.name.endswith((".json", ".deleting")))
     contents = [path.read_bytes() for path in files]
     for data in contents:
         parse_document(data)
@@ -154,3 +159,41 @@ def test_hostile_versions_on_the_wire_touch_nothing(configs_dir: Path) -> None:
                 code = "INVALID_OPERATION" if status == 400 else "RECORD_NOT_FOUND"
                 assert_error_body(response, status, code)
         assert snapshot(configs_dir) == before
+
+
+def test_a_delete_killed_before_its_unlink_leaves_no_deleted_version(
+    configs_dir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL while the delete's held document is being made durable (its first fsync): the
+    document stays, and no `deleted` version is ever listed. This shows the order and the
+    recovery (atomicity), not durability: the kernel keeps its page cache through a kill."""
+    gate = FsyncGate(tmp_path / "gate", armed=False)
+    server = Server(configs_dir, {**KEEP_ALL, **gate.env})
+    server.start()
+    try:
+        assert httpx.put(f"{server.url}/api/configs/{MAC}", json={"content": {"v": 1}}).is_success
+        gate.arm()
+        deleting = threading.Thread(target=delete_quietly, args=(server,))
+        deleting.start()
+        gate.wait_held()
+        server.kill()
+        deleting.join(30)
+    finally:
+        server.log.unlink(missing_ok=True)
+    assert (configs_dir / f"{MAC}.json").exists()  # the delete did not happen
+    with running_server(configs_dir, **KEEP_ALL) as again:
+        assert [v["change"] for v in history(again, MAC)] == ["created"]
+        assert httpx.get(f"{again.url}/api/configs/{MAC}").status_code == 200
+        shelf = configs_dir / ".history" / MAC
+        deadline = time.monotonic() + 10  # the first sweep after the start settles it
+        while any(p.name.endswith(".deleting") for p in shelf.iterdir()):
+            assert time.monotonic() < deadline, sorted(shelf.iterdir())
+            time.sleep(0.05)
+        assert [v["change"] for v in history(again, MAC)] == ["created"]
+        assert httpx.delete(f"{again.url}/api/configs/{MAC}").status_code == 204
+        assert [v["change"] for v in history(again, MAC)] == ["deleted", "created"]
+
+
+def delete_quietly(server: Server) -> None:
+    with contextlib.suppress(httpx.TransportError):  # the kill
+        httpx.delete(f"{server.url}/api/configs/{MAC}", timeout=30)

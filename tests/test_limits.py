@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 
-import quart_iot.store.index
-import quart_iot.store.sweeper
+import quart_iot.store.directory.index
+import quart_iot.store.directory.sweeper
 from bench.storms import maximal_body
 from quart_iot.documents import MAX_CONTAINERS, MAX_VALUES
 from quart_iot.settings import Settings
-from quart_iot.store import LOCK_NAME, STALE_TEMP_SECONDS, ConfigStore, Signature, StoredConfig
-from quart_iot.store.index import Entry
+from quart_iot.store import ConfigStore, DirectoryBackend, StoredConfig, Written
+from quart_iot.store.directory import LOCK_NAME, STALE_TEMP_SECONDS, Signature
+from quart_iot.store.directory.index import Entry
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
 from tests.harness import temp_files
 
@@ -181,9 +182,13 @@ def _is_dir(fd: int) -> bool:
 
 
 async def test_a_slow_delete_never_hides_a_document_saved_and_seen_after_it(
-    store: ConfigStore, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+    store: ConfigStore,
+    directory_backend: DirectoryBackend,
+    configs_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(quart_iot.store.index, "RACY_NS", 0)  # what seconds later would show
+    # What seconds later would show:
+    monkeypatch.setattr(quart_iot.store.directory.index, "RACY_NS", 0)
     write_config(configs_dir, MAC, {"v": "old"})
     assert MAC.encode() in await store.list_json()
     gate, real_fsync = threading.Event(), os.fsync
@@ -203,16 +208,20 @@ async def test_a_slow_delete_never_hides_a_document_saved_and_seen_after_it(
     gate.set()
     await deleting
     assert MAC.encode() in await store.list_json()
-    store.index.sweep()
+    directory_backend.index.sweep()
     assert MAC.encode() in await store.list_json()
     assert (await store.get(MAC)).content == {"v": "new"}
 
 
 @pytest.mark.parametrize("listed_between", [False, True])
 async def test_a_read_older_than_a_delete_cannot_bring_the_name_back(
-    store: ConfigStore, configs_dir: Path, monkeypatch: pytest.MonkeyPatch, listed_between: bool
+    store: ConfigStore,
+    directory_backend: DirectoryBackend,
+    configs_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    listed_between: bool,
 ) -> None:
-    monkeypatch.setattr(quart_iot.store.index, "RACY_NS", 0)
+    monkeypatch.setattr(quart_iot.store.directory.index, "RACY_NS", 0)
     path = write_config(configs_dir, MAC, {"v": 1})
     assert MAC.encode() in await store.list_json()
     began = time.monotonic_ns()  # a read that began before the delete...
@@ -221,16 +230,20 @@ async def test_a_read_older_than_a_delete_cannot_bring_the_name_back(
     await store.delete(MAC)
     if listed_between:
         assert MAC.encode() not in await store.list_json()
-    store.index.remember(path.name, Entry.of(seen, signature, began, False))  # ...ends after
+    entry = Entry.of(seen, signature, began, False)
+    directory_backend.index.remember(path.name, entry)  # ...ends after
     assert MAC.encode() not in await store.list_json()
 
 
 async def test_a_failed_directory_fsync_tells_the_truth(
-    client: Client, store: ConfigStore, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+    client: Client,
+    store: ConfigStore,
+    directory_backend: DirectoryBackend,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    notified: list[StoredConfig] = []
-    store.saved_listeners.append(notified.append)
-    store.retention.max_versions = 0  # history off; with it on, see tests/test_history.py
+    notified: list[Written] = []
+    store.write_listeners.append(notified.append)
+    directory_backend.retention.max_versions = 0  # history off; on: see tests/test_history.py
     real_fsync = os.fsync
 
     def failing_dir_fsync(fd: int) -> None:
@@ -245,7 +258,7 @@ async def test_a_failed_directory_fsync_tells_the_truth(
     assert error["code"] == "WRITE_NOT_CONFIRMED"
     assert "is visible" in error["error"]
     assert error["details"]["change"] == "saved"
-    assert [stored.content for stored in notified] == [{"v": "new"}]  # it is visible: say so
+    assert [(w.applied, w.code) for w in notified] == [(True, "WRITE_NOT_CONFIRMED")]  # visible
     get = await client.get(f"/api/configs/{MAC}")
     assert (await get.get_json())["content"] == {"v": "new"}
     assert error["details"]["etag"] == get.headers["ETag"].strip('"')
@@ -282,7 +295,7 @@ def _temp(configs_dir: Path, host: str, pid: int, age: float) -> Path:
 async def test_the_sweep_removes_old_temp_files_of_other_hosts_while_running(
     app: Any, configs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(quart_iot.store.sweeper, "TEMP_SWEEP_INTERVAL", 0)
+    monkeypatch.setattr(quart_iot.store.directory.sweeper, "TEMP_SWEEP_INTERVAL", 0)
     old = _temp(configs_dir, "pod-gone-7f9c", 1, STALE_TEMP_SECONDS + 10)
     recent = _temp(configs_dir, "pod-alive-1a2b", 1, 1)
     for _ in range(100):
@@ -294,13 +307,13 @@ async def test_the_sweep_removes_old_temp_files_of_other_hosts_while_running(
 
 
 async def test_the_sweep_never_takes_a_live_writers_temp_file(configs_dir: Path) -> None:
-    store = ConfigStore(configs_dir)
+    directory = DirectoryBackend(configs_dir).directory
     live = _temp(configs_dir, socket.gethostname(), os.getpid(), STALE_TEMP_SECONDS + 10)
-    store.directory.writing.add(live.name)
-    store.directory.remove_stale_temps()
+    directory.writing.add(live.name)
+    directory.remove_stale_temps()
     assert live.exists()
-    store.directory.writing.discard(live.name)
-    store.directory.remove_stale_temps()
+    directory.writing.discard(live.name)
+    directory.remove_stale_temps()
     assert not live.exists()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from quart_iot.store import LOCK_NAME
+from quart_iot.store.directory import LOCK_NAME
 from tests.conftest import MAC, OTHER_MAC
 from tests.harness import raw_request
 from tests.server import Server, free_port, running_server

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from quart_iot.errors import InvalidMac, StorageUnavailable
-from quart_iot.store import STALE_TEMP_SECONDS, ConfigStore, canonical_mac
+from quart_iot.store import ConfigStore, DirectoryBackend, canonical_mac
+from quart_iot.store.directory import STALE_TEMP_SECONDS
 from tests.conftest import MAC, write_config
 
 
@@ -48,7 +49,7 @@ def test_stale_temp_files_are_removed_at_start(configs_dir: Path) -> None:
     os.utime(other_host_old, (old, old))
     write_config(configs_dir, MAC, {"keep": True})
 
-    ConfigStore(configs_dir).directory.remove_stale_temps()
+    DirectoryBackend(configs_dir).directory.remove_stale_temps()
 
     remaining = {p.name for p in configs_dir.iterdir()}
     assert remaining == {live.name, other_host_recent.name, f"{MAC}.json"}
@@ -58,9 +59,9 @@ async def test_failed_rename_keeps_the_old_document_and_no_temp(
     configs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_config(configs_dir, MAC, {"v": "old"})
-    store = ConfigStore(configs_dir)
+    store = ConfigStore(DirectoryBackend(configs_dir))
 
-    def broken_rename(src: object, dst: object) -> None:
+    def broken_rename(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "rename", broken_rename)
@@ -76,7 +77,7 @@ async def test_failed_rename_keeps_the_old_document_and_no_temp(
 async def test_failed_write_of_the_temp_file_leaves_nothing(
     configs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = ConfigStore(configs_dir)
+    store = ConfigStore(DirectoryBackend(configs_dir))
 
     def broken_fsync(fd: int) -> None:
         raise OSError(5, "Input/output error")
@@ -89,16 +90,16 @@ async def test_failed_write_of_the_temp_file_leaves_nothing(
 
 async def test_in_place_rewrite_is_seen_by_the_sweep(configs_dir: Path) -> None:
     path = write_config(configs_dir, MAC, {"deviceName": "before"})
-    store = ConfigStore(configs_dir)
-    assert b'"before"' in await store.list_json()
+    backend = DirectoryBackend(configs_dir)
+    assert b'"before"' in await backend.list_json()
     with path.open("r+") as file:  # same inode, same directory mtime
         file.write(json.dumps({"deviceName": "afterX"}))
-    store.index.sweep()
-    assert b'"afterX"' in await store.list_json()
+    backend.index.sweep()
+    assert b'"afterX"' in await backend.list_json()
 
 
 async def test_list_reports_storage_errors(tmp_path: Path) -> None:
-    store = ConfigStore(tmp_path / "missing")
+    store = ConfigStore(DirectoryBackend(tmp_path / "missing"))
     with pytest.raises(StorageUnavailable):
         await store.list_json()
     assert await store.health() == ("unavailable", "the configs directory is missing")

@@ -19,9 +19,10 @@ from quart_iot.models import (
     DeviceDocument,
     ETagHeader,
     EventStream,
+    SavedHeaders,
 )
 from quart_iot.oidc import writer_subject
-from quart_iot.store import Precondition, StoredConfig, current_store
+from quart_iot.store import Precondition, Saved, StoredConfig, WriteMeta, current_store
 from quart_iot.waiting import current_waiting, event_stream_response
 
 blueprint = Blueprint("configs", __name__)
@@ -103,15 +104,15 @@ async def get_device_config(mac_address: str) -> Response:
 
 @blueprint.put("/api/configs/<mac_address>")
 @validate_request(ConfigSave)
-@document_response(ConfigDetail, headers_model_class=ETagHeader)
+@document_response(ConfigDetail, headers_model_class=SavedHeaders)
 @document_headers(ConditionalHeaders)
 @document_errors(400, 408, 409, 412, 413, 415, 503)
 async def save_config(mac_address: str, data: ConfigSave) -> Response:
     """Create or replace a device config (409 if it exists and allow_overwrite is false)."""
-    stored = await current_store().save(
-        mac_address, data.content, precondition(data), writer_subject()
+    saved = await current_store().save(
+        mac_address, data.content, precondition(data), WriteMeta(writer_subject())
     )
-    return detail_response(stored)
+    return saved_response(saved)
 
 
 @blueprint.delete("/api/configs/<mac_address>")
@@ -120,7 +121,7 @@ async def save_config(mac_address: str, data: ConfigSave) -> Response:
 @document_errors(400, 404, 412, 503)
 async def delete_config(mac_address: str) -> tuple[str, int]:
     """Delete a device config."""
-    await current_store().delete(mac_address, precondition(), writer_subject())
+    await current_store().delete(mac_address, precondition(), WriteMeta(writer_subject()))
     return "", 204
 
 
@@ -137,6 +138,14 @@ def detail_response(stored: StoredConfig) -> Response:
     """Detail from the cached list item and the stored bytes: no model, nothing re-encoded."""
     response = Response(stored.detail_json(), content_type="application/json")
     response.set_etag(stored.etag)
+    return response
+
+
+def saved_response(saved: Saved) -> Response:
+    """What a save made current; `Config-Unchanged: true` when it held these bytes already."""
+    response = detail_response(saved.stored)
+    if saved.unchanged:
+        response.headers["Config-Unchanged"] = "true"
     return response
 
 

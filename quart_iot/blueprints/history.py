@@ -8,7 +8,7 @@ from quart import Blueprint, Response
 from quart_schema import document_headers, document_response, tag_blueprint, validate_querystring
 
 from quart_iot.apidocs import document_errors
-from quart_iot.blueprints.configs import detail_response, precondition
+from quart_iot.blueprints.configs import detail_response, precondition, saved_response
 from quart_iot.models import (
     ConditionalHeaders,
     ConfigDetail,
@@ -16,10 +16,12 @@ from quart_iot.models import (
     DiffQuery,
     ETagHeader,
     HistoryList,
+    HistoryQuery,
     JsonPatch,
+    SavedHeaders,
 )
 from quart_iot.oidc import writer_subject
-from quart_iot.store import current_store
+from quart_iot.store import WriteMeta, current_store
 
 blueprint = Blueprint("history", __name__)
 tag_blueprint(blueprint, ["history"])
@@ -38,11 +40,12 @@ async def list_deleted() -> Response:
 
 
 @blueprint.get("/api/configs/<mac_address>/history")
+@validate_querystring(HistoryQuery)
 @document_response(HistoryList)
 @document_errors(400, 404, 422, 503)
-async def list_versions(mac_address: str) -> Response:
-    """Every kept version of one device, newest first (also after it was deleted)."""
-    body = await current_store().versions_json(mac_address)
+async def list_versions(mac_address: str, query_args: HistoryQuery) -> Response:
+    """A page of one device's kept versions, newest first (also after it was deleted)."""
+    body = await current_store().versions_json(mac_address, query_args.limit, query_args.before)
     return Response(body, content_type="application/json")
 
 
@@ -65,13 +68,14 @@ async def diff_version(mac_address: str, version: str, query_args: DiffQuery) ->
 
 
 @blueprint.post(f"{VERSION}/restore")
-@document_response(ConfigDetail, headers_model_class=ETagHeader)
+@document_response(ConfigDetail, headers_model_class=SavedHeaders)
 @document_headers(ConditionalHeaders)
 @document_errors(400, 404, 412, 413, 422, 503)
 async def restore_version(mac_address: str, version: str) -> Response:
     """Make this version current through the normal write path (If-Match honoured)."""
-    stored = await current_store().restore(mac_address, version, precondition(), writer_subject())
-    return detail_response(stored)
+    meta = WriteMeta(writer_subject())
+    saved = await current_store().restore(mac_address, version, precondition(), meta)
+    return saved_response(saved)
 
 
 def json_response(body: Any) -> Response:

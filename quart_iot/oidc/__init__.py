@@ -14,7 +14,7 @@ No module imports one that imports it back: `extension` imports the others, `ver
 imports `keys`, and every module may import `errors`.
 """
 
-from quart_iot.oidc.audit import audit_line, audit_subject
+from quart_iot.oidc.audit import audit_line, audit_log, audit_subject
 from quart_iot.oidc.extension import (
     AccessControl,
     current_access_control,
@@ -30,6 +30,7 @@ __all__ = [
     "AccessControl",
     "Identity",
     "audit_line",
+    "audit_log",
     "audit_subject",
     "current_access_control",
     "current_audit_subject",

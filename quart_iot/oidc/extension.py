@@ -8,7 +8,6 @@ from quart import Quart, Response, current_app, g, jsonify, request
 from quart_schema import document_response
 
 from quart_iot.apidocs import document_errors
-from quart_iot.errors import ApiError
 from quart_iot.metrics import Metrics
 from quart_iot.oidc.audit import audit_line, audit_log, audit_subject
 from quart_iot.oidc.errors import Forbidden, InvalidRequest, InvalidToken, Unauthorized
@@ -26,7 +25,6 @@ from quart_iot.oidc.policy import (
 )
 from quart_iot.oidc.tickets import StreamTicket, StreamTickets
 from quart_iot.settings import Settings, is_loopback
-from quart_iot.store import current_store
 
 log = logging.getLogger("quart_iot.oidc")
 
@@ -109,8 +107,6 @@ class AccessControl:
             raise Forbidden("This token does not allow this request")
         self._decide("allowed", identity.right)
         g.oidc_identity = identity
-        if is_write():
-            g.audit_etag_before = await etag_before()
 
     async def _identify(self) -> Identity:
         """Who asks, from the bearer token (or, on the event stream, a stream ticket), with
@@ -142,13 +138,11 @@ class AccessControl:
         return response
 
     async def _audit(self, response: Response) -> Response:
+        # Refusals only: a write allowed is audited from the store's write events
+        # (quart_iot/audit.py), whatever its client does.
         result = g.get("auth_result")
-        if result is None or not is_write():
+        if result in (None, "allowed") or not is_write():
             return response
-        before = g.get("audit_etag_before")
-        after = response.headers.get("ETag") if response.status_code == 200 else before
-        if request.method == "DELETE" and response.status_code == 204:
-            after = None
         target = (request.view_args or {}).get("mac_address", request.path)
         line = audit_line(
             request.method,
@@ -156,8 +150,8 @@ class AccessControl:
             response.status_code,
             result,
             current_audit_subject(),
-            before,
-            after,
+            None,
+            None,
         )
         audit_log.info("%s", line)
         return response
@@ -177,15 +171,6 @@ def bearer_token(authorization: list[str]) -> str:
     if not token:
         raise InvalidToken("malformed", "The access token is not a well-formed JWT")
     return token
-
-
-async def etag_before() -> str | None:
-    """The ETag as last seen before the write, quoted as HTTP shows it (None when absent)."""
-    try:
-        etag = await current_store().current_etag((request.view_args or {})["mac_address"])
-    except (ApiError, KeyError):
-        return None
-    return f'"{etag}"'
 
 
 def current_access_control() -> AccessControl:

@@ -1,41 +1,48 @@
-"""The configs directory: one JSON document per device, named `<mac>.json`.
+"""The store: one interface, `Backend` (backend.py), and its implementations, behind one
+Quart extension, `ConfigStore` (extension.py), which every route speaks to.
 
-- `records`: the values (MACs, stored documents, write conditions, file signatures);
-- `files`: the file primitives (safe read, durable atomic write, temp files);
-- `lock`: the write lock shared with every replica;
-- `index`: the validated cache behind the list, the ETags and the change notifications;
-- `writes`: the write path (conditions decided under the lock);
-- `versions`: the history area's files, one shelf per device under `.history/<mac>/`;
-- `history`: every version of every document kept as the writer writes (hard links);
-- `catalogue`: the history read back (a device's versions, one version, deleted devices);
-- `retention`: which versions go, and when;
-- `sweeper`: the background work (changes made by others, retention, stale temp files);
-- `extension`: ConfigStore, the Quart extension with the async API the routes call.
+- `backend`: the interface every store implements, and the values it returns;
+- `records`: the values every store shares (MACs, version ids, stored documents, conditions);
+- `events`: `Written`, how a write of this process ended, for its listeners;
+- `extension`: ConfigStore, the async API the routes call, the same for every store;
+- `directory/`: the directory store (blocking file code run in worker threads).
 """
 
-from quart_iot.store.extension import ConfigStore, current_store, stop_worker_threads
-from quart_iot.store.files import HISTORY_NAME, LOCK_NAME, STALE_TEMP_SECONDS
+from quart_iot.store.backend import (
+    Backend,
+    Change,
+    ChangeSink,
+    Deleted,
+    Saved,
+    StorageStats,
+    WriteMeta,
+)
+from quart_iot.store.directory.backend import DirectoryBackend, stop_worker_threads
+from quart_iot.store.events import Written
+from quart_iot.store.extension import ConfigStore, current_store
 from quart_iot.store.records import (
     MAC_PATTERN,
+    VERSION_PATTERN,
     Precondition,
-    Signature,
     StoredConfig,
     canonical_mac,
 )
-from quart_iot.store.sweeper import SWEEP_INTERVAL
-from quart_iot.store.versions import VERSION_PATTERN
 
 __all__ = [
-    "HISTORY_NAME",
-    "LOCK_NAME",
     "MAC_PATTERN",
-    "STALE_TEMP_SECONDS",
-    "SWEEP_INTERVAL",
     "VERSION_PATTERN",
+    "Backend",
+    "Change",
+    "ChangeSink",
     "ConfigStore",
+    "Deleted",
+    "DirectoryBackend",
     "Precondition",
-    "Signature",
+    "Saved",
+    "StorageStats",
     "StoredConfig",
+    "WriteMeta",
+    "Written",
     "canonical_mac",
     "current_store",
     "stop_worker_threads",

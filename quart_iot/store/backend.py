@@ -1,19 +1,20 @@
 """The store interface: what every store implementation (the directory, PostgreSQL) provides.
 
 Routes, waiting, history, notifications and metrics speak to `ConfigStore`, the extension; it
-speaks to one `Backend`. What is the same for every store lives in the extension (MACs made
-canonical, the gate that refuses writes while stopping, writes that finish whatever the
-client does, the write events that the audit, MQTT and waiting hear); what differs lives in
-the backend. The same behaviour tests run against every backend.
+speaks to one `Backend`. What is the same for every store lives in the extension (MACs and
+version ids checked, the gate that refuses writes while stopping, writes that finish whatever
+the client does, the write events that the audit, MQTT and waiting hear); what differs lives
+in the backend. The same behaviour tests run against every backend.
 
-Values every backend shares are in `records.py` (StoredConfig, Precondition).
+Values every backend shares are in `records.py` (StoredConfig, Precondition, `to_store` for
+the stored bytes, the JSON of a history page).
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from quart_iot.documents import Document
+from quart_iot.errors import WriteNotConfirmed
 from quart_iot.models import StorageState
 from quart_iot.store.records import Precondition, StoredConfig
 
@@ -42,8 +43,20 @@ class Deleted:
     """The outcome of a delete."""
 
     mac: str
-    etag_before: str
+    etag_before: str | None  # None: what was removed was not a usable document
     version: str | None  # the `deleted` history version (None: history off)
+
+
+class Unconfirmed(WriteNotConfirmed):
+    """A write that happened and is visible, whose durability the storage did not confirm
+    (503 WRITE_NOT_CONFIRMED): its listeners hear of it as a write that took effect."""
+
+    def __init__(self, outcome: Saved | Deleted) -> None:
+        if isinstance(outcome, Saved):
+            super().__init__(outcome.stored.mac, "saved", outcome.stored.etag)
+        else:
+            super().__init__(outcome.mac, "deleted", None)
+        self.outcome = outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,18 +72,28 @@ class Change:
 class ChangeSink(Protocol):
     """Who hears the store's changes (the waiting extension), on the event loop."""
 
-    def changed(self, change: Change) -> None:
+    def change_seen(self, change: Change) -> None:
         """One change; must not block."""
 
-    def missed(self) -> None:
+    def changes_missed(self) -> None:
         """Changes may have been missed (a lost connection to the database, say): event
         streams must `reset`, long polls must check their document again."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStats:
+    """What the metrics show of the storage, as the backend last knew it (no I/O to read)."""
+
+    writes_blocked: bool = False  # writes time out waiting for a lock held elsewhere
+    versions_kept: int | None = None  # None: not known yet
+    history_bytes: int | None = None
+    pruned: int = 0  # versions retention removed in this process
 
 
 class Backend(Protocol):
     """One store implementation. MACs and version ids arrive canonical and checked. Errors are
     ApiErrors (quart_iot.errors): ConfigNotFound, PreconditionFailed, ConfigExists,
-    StorageUnavailable, WritesBlocked..."""
+    StorageUnavailable, WritesBlocked, Unconfirmed..."""
 
     async def start(self, sink: ChangeSink) -> None:
         """Begin serving (connect, migrate, start background work); changes go to `sink`."""
@@ -80,6 +103,9 @@ class Backend(Protocol):
 
     async def health(self) -> tuple[StorageState, str | None]:
         """(the storage state, the reason when it is unavailable)."""
+
+    def stats(self) -> StorageStats:
+        """The storage's figures for the metrics (cheap: what the backend already knows)."""
 
     # -- documents ---------------------------------------------------------------------------
 
@@ -98,15 +124,19 @@ class Backend(Protocol):
     async def save(
         self, mac: str, content: Document, precondition: Precondition, meta: WriteMeta
     ) -> Saved:
-        """Create or replace atomically and durably; the precondition decided inside the write."""
+        """Create or replace atomically and durably (`records.to_store` gives the bytes); the
+        precondition decided inside the write; bytes equal to the current ones keep nothing
+        new (`Saved.unchanged`)."""
 
     async def delete(self, mac: str, precondition: Precondition, meta: WriteMeta) -> Deleted:
-        """Remove atomically; the history keeps a `deleted` version."""
+        """Remove atomically; the history keeps a `deleted` version only if the delete
+        happened."""
 
     # -- history -----------------------------------------------------------------------------
 
     async def versions_json(self, mac: str, limit: int, before: str | None) -> bytes:
-        """One page of a device's kept versions, newest first, older than version `before`."""
+        """One page of a device's kept versions, newest first, older than version `before`
+        (`records.history_page`; ConfigNotFound if it never had a document)."""
 
     async def version(self, mac: str, version: str) -> StoredConfig:
         """One kept version."""
@@ -119,6 +149,3 @@ class Backend(Protocol):
     async def changes_after(self, change_id: str) -> list[Change] | None:
         """The changes after `change_id`, oldest first, when the backend still knows them all;
         None when it cannot tell (too old, another epoch): the event stream sends `reset`."""
-
-
-ChangeListener = Callable[[Change], None]

@@ -1,181 +1,112 @@
-"""ConfigStore, the extension: the store's async API, its worker threads and its lifecycle.
+"""ConfigStore, the extension: the store's async API, the same whatever the store.
 
-Data flows one way: routes -> ConfigStore -> Index / Writer / Catalogue -> History /
-Retention / WriteLock -> Shelves / Directory; the Sweeper runs the background work. All the
-blocking file code lives in this package and runs in worker threads.
+It checks MACs and version ids, speaks only to its Backend, and decides once what a write is:
+every write (save, delete, restore, and any added later) goes through `_write`, which refuses
+it once the stop has begun (503 SHUTTING_DOWN), carries it out in a task of its own (a client
+that hangs up never cancels a write half-told) and tells the write listeners how it ended
+(the audit line, MQTT, the other workers' wake-ups).
 """
 
 import asyncio
-import contextlib
 import logging
-import os
-import time
-from collections.abc import Callable
-from functools import partial
-from pathlib import Path
-from typing import Any, ParamSpec, TypeVar, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-import anyio.to_thread
 from quart import Quart, current_app
 
-from quart_iot.batches import BatchedThreads
 from quart_iot.documents import Document
-from quart_iot.errors import StorageUnavailable, WriteOutlived
-from quart_iot.models import StorageState
+from quart_iot.errors import ApiError, ShuttingDown, WriteOutlived
+from quart_iot.models import HISTORY_PAGE, HISTORY_PAGE_MAX, StorageState
 from quart_iot.patch import Operation, make_patch
-from quart_iot.settings import Settings, SettingsError
-from quart_iot.storagetime import timed
-from quart_iot.store.catalogue import Catalogue
-from quart_iot.store.files import Directory
-from quart_iot.store.history import History
-from quart_iot.store.index import Index
-from quart_iot.store.lock import WriteLock
-from quart_iot.store.outage import storage_errors
-from quart_iot.store.records import Precondition, StoredConfig, canonical_mac
-from quart_iot.store.retention import Retention
-from quart_iot.store.sweeper import Sweeper
-from quart_iot.store.versions import Shelves, check_version
-from quart_iot.store.writes import SaveNotConfirmed, Writer
+from quart_iot.settings import Settings
+from quart_iot.store.backend import (
+    Backend,
+    Change,
+    ChangeSink,
+    Deleted,
+    Saved,
+    StorageStats,
+    Unconfirmed,
+    WriteMeta,
+)
+from quart_iot.store.directory.backend import DirectoryBackend
+from quart_iot.store.events import WriteAction, Written
+from quart_iot.store.records import Precondition, StoredConfig, canonical_mac, check_version
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 1024 * 1024  # MAX_CONTENT_LENGTH's default: the body and the file limit
-DEFAULT_LOCK_TIMEOUT = 5.0
-DEFAULT_HISTORY_VERSIONS = 50
-DEFAULT_HISTORY_DAYS = 90.0
+Outcome = TypeVar("Outcome", Saved, Deleted)
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-# Shared by every store in the process, as anyio's threads are; apart, so that a slow fsync
-# never holds up a read, and lists (which may wait for a long rescan) never hold the threads
-# of gets. One list worker: every list queued behind a rescan shares it.
-_reads = BatchedThreads()
-_lists = BatchedThreads(workers=1)
-_writes = BatchedThreads()
-
-
-def stop_worker_threads(timeout: float | None = None) -> bool:
-    """End the worker threads once their calls are done (a write in progress ends first)."""
-    ended = [pool.close(timeout) for pool in (_writes, _lists, _reads)]  # each, not the first
-    return all(ended)
+WRITE_END_SECONDS = 30.0  # at the end of the stop, how long writes still running are awaited
+ANYONE = WriteMeta()
 
 
 class ConfigStore:
-    """Extension: one JSON document per device in `directory`, named `<mac>.json`."""
+    """Extension: one JSON document per device, in whichever store the settings chose."""
 
-    def __init__(
-        self,
-        directory: Path,
-        *,
-        max_document_bytes: int = DEFAULT_MAX_BYTES,
-        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-        history_max_versions: int = DEFAULT_HISTORY_VERSIONS,
-        history_max_days: float = DEFAULT_HISTORY_DAYS,
-    ) -> None:
-        # One limit for what a PUT may store and what a read accepts: what we accept we can
-        # read back (both come from MAX_CONTENT_LENGTH).
-        self.directory = Directory(directory, max_document_bytes)
-        self.lock = WriteLock(self.directory, lock_timeout)
-        self.index = Index(self.directory, self._changed)
-        shelves = Shelves(self.directory)
-        self.retention = Retention(shelves, history_max_versions, history_max_days)
-        self.history = History(shelves, self.retention)
-        self.catalogue = Catalogue(shelves)
-        self.writer = Writer(self.directory, self.lock, self.index, self.history)
-        self.sweeper = Sweeper(
-            self.directory, self.index, self.retention, self.lock, self.writer.outage
-        )
-        # Called (on the event loop, must not block) after each save of this process that
-        # became visible.
-        self.saved_listeners: list[Callable[[StoredConfig], None]] = []
-        # Called on the event loop with (mac, ETag or None when gone or unusable) whenever the
-        # store sees a document change: a write of this process at once, another process's
-        # or an outside edit at the next sweep (SWEEP_INTERVAL). Must not block.
-        self.change_listeners: list[Callable[[str, str | None], None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        # Called on the event loop once per write of this process (one that took effect, was
+        # refused, or failed), in the context of the request that made it, even after its
+        # client hung up. Must not block.
+        self.write_listeners: list[Callable[[Written], None]] = []
+        # Hear every change the store sees, whoever made it (the waiting extension).
+        self.change_sinks: list[ChangeSink] = []
+        self.refusing_writes = False  # the stop has begun
+        self._writes: set[asyncio.Task[Any]] = set()  # writes in flight
         self._gave_up: asyncio.Future[None] | None = None  # done: the stop stops waiting
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ConfigStore":
-        if settings.esp32_configs_dir is None:  # DATABASE_URL: wired with the Backend interface
-            raise SettingsError("DATABASE_URL: the PostgreSQL store is not served by this build")
-        return cls(
-            settings.esp32_configs_dir,
-            max_document_bytes=settings.max_content_length,  # a body's limit is a file's too
-            lock_timeout=settings.lock_timeout,
-            history_max_versions=settings.history_max_versions,
-            history_max_days=settings.history_max_days,
-        )
+        """The store the settings choose: here, and only here (ESP32_CONFIGS_DIR: a
+        directory; DATABASE_URL: PostgreSQL)."""
+        if settings.database_url is not None:
+            from quart_iot.store.postgres import PostgresBackend  # asyncpg only when used
+
+            return cls(PostgresBackend.from_settings(settings))
+        return cls(DirectoryBackend.from_settings(settings))
+
+    @classmethod
+    def of(cls, app: Quart) -> "ConfigStore":
+        store = app.extensions["config_store"]
+        assert isinstance(store, cls)
+        return store
 
     def init_app(self, app: Quart) -> None:
         app.extensions["config_store"] = self
         app.before_serving(self._start)
         app.after_serving(self._stop)
 
-    @property
-    def writes_blocked(self) -> bool:
-        """The last wait for the write lock timed out."""
-        return self.lock.blocked
-
-    # -- the async API, one worker-thread hop per call ------------------------------------
+    # -- reads ---------------------------------------------------------------------------
 
     async def list_json(self) -> bytes:
         """The list response body, `{"configs": [...], "count": n}`."""
-        body, _ = await _lists.run(timed(partial(self.index.listing, time.monotonic_ns())))
-        return body
+        return await self.backend.list_json()
 
     async def count(self) -> int:
-        """How many usable configs the directory holds now."""
-        _, count = await _lists.run(timed(partial(self.index.listing, time.monotonic_ns())))
-        return count
+        """How many usable configs the store holds now."""
+        return await self.backend.count()
 
     async def get(self, mac: str) -> StoredConfig:
         """The stored document of one device."""
-        return await self._read(self.index.get, canonical_mac(mac))
+        return await self.backend.get(canonical_mac(mac))
 
     async def current_etag(self, mac: str) -> str:
-        """The ETag of one device's document, without reading it when it has not changed."""
-        return await self._read(self.index.current_etag, canonical_mac(mac))
+        """The ETag of one device's document, cheaper than `get` where the store can."""
+        return await self.backend.current_etag(canonical_mac(mac))
 
-    async def save(
-        self,
-        mac: str,
-        content: Document,
-        precondition: Precondition | None = None,
-        by: str | None = None,
-    ) -> StoredConfig:
-        """Create or replace a document, atomically and durably; `by`: the writer's subject,
-        kept with the version."""
-        mac = canonical_mac(mac)
-        deadline = time.monotonic() + self.lock.timeout  # a wait in the queue counts too
-        condition = precondition or Precondition()
-        write = partial(self.writer.save, mac, content, condition, deadline, by)
-        saving = _writes.submit(timed(write))
-        saving.add_done_callback(self._saved)  # a write that happened is told, whoever waits
-        return await self._written(saving)
-
-    async def delete(
-        self, mac: str, precondition: Precondition | None = None, by: str | None = None
-    ) -> None:
-        """Remove a document (its history keeps it)."""
-        mac = canonical_mac(mac)
-        deadline = time.monotonic() + self.lock.timeout
-        write = partial(self.writer.delete, mac, precondition or Precondition(), deadline, by)
-        await self._written(_writes.submit(timed(write)))
-
-    # -- history ---------------------------------------------------------------------------
-
-    async def versions_json(self, mac: str) -> bytes:
-        """The history body of one device: every kept version, newest first."""
-        mac = canonical_mac(mac)
-        return await self._read(self._history_read, self.catalogue.listing, mac)
+    async def versions_json(
+        self, mac: str, limit: int = HISTORY_PAGE, before: str | None = None
+    ) -> bytes:
+        """A page of one device's history: `limit` versions, newest first, older than
+        version `before`."""
+        limit = max(1, min(limit, HISTORY_PAGE_MAX))
+        older = check_version(before) if before is not None else None
+        return await self.backend.versions_json(canonical_mac(mac), limit, older)
 
     async def version(self, mac: str, version: str) -> StoredConfig:
         """One kept version of one device."""
-        mac, version = canonical_mac(mac), check_version(version)
-        _, stored = await self._read(self._history_read, self.catalogue.read, mac, version)
-        return stored
+        return await self.backend.version(canonical_mac(mac), check_version(version))
 
     async def diff(self, mac: str, version: str, to: str | None = None) -> list[Operation]:
         """RFC 6902 JSON Patch from a version to the current document (or to version `to`)."""
@@ -183,99 +114,167 @@ class ConfigStore:
         target = await (self.version(mac, to) if to is not None else self.get(mac))
         return make_patch(source.content, target.content)
 
+    async def deleted(self) -> list[dict[str, Any]]:
+        """Devices whose document is gone but whose history remains."""
+        return await self.backend.deleted()
+
+    async def health(self) -> tuple[StorageState, str | None]:
+        """(the storage state, the reason when it is unavailable)."""
+        return await self.backend.health()
+
+    def stats(self) -> StorageStats:
+        """The storage's figures for the metrics."""
+        return self.backend.stats()
+
+    async def changes_after(self, change_id: str) -> list[Change] | None:
+        """The changes after `change_id` when the store still knows them all, else None."""
+        return await self.backend.changes_after(change_id)
+
+    # -- writes: each one through `_write` -------------------------------------------------
+
+    async def save(
+        self,
+        mac: str,
+        content: Document,
+        precondition: Precondition | None = None,
+        meta: WriteMeta = ANYONE,
+    ) -> Saved:
+        """Create or replace a document, atomically and durably."""
+        mac, condition = canonical_mac(mac), precondition or Precondition()
+        return await self._write(
+            "save", mac, meta, lambda: self.backend.save(mac, content, condition, meta)
+        )
+
+    async def delete(
+        self, mac: str, precondition: Precondition | None = None, meta: WriteMeta = ANYONE
+    ) -> Deleted:
+        """Remove a document (its history keeps it)."""
+        mac, condition = canonical_mac(mac), precondition or Precondition()
+        return await self._write(
+            "delete", mac, meta, lambda: self.backend.delete(mac, condition, meta)
+        )
+
     async def restore(
         self,
         mac: str,
         version: str,
         precondition: Precondition | None = None,
-        by: str | None = None,
-    ) -> StoredConfig:
-        """Make a kept version current through the normal write path."""
-        stored = await self.version(mac, version)
-        return await self.save(mac, stored.content, precondition, by)
+        meta: WriteMeta = ANYONE,
+    ) -> Saved:
+        """Make a kept version current, as a save of its content."""
+        mac, version = canonical_mac(mac), check_version(version)
+        condition = precondition or Precondition()
 
-    async def deleted(self) -> list[dict[str, Any]]:
-        """Devices whose document is gone but whose history remains."""
-        return await self._run(self._history_read, self.catalogue.deleted)
+        async def restoring() -> Saved:
+            stored = await self.backend.version(mac, version)
+            return await self.backend.save(mac, stored.content, condition, meta)
 
-    def _history_read(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        with storage_errors("read of the history", self.index.outage):
-            return func(*args, **kwargs)
+        return await self._write("restore", mac, meta, restoring)
 
-    async def health(self) -> tuple[StorageState, str | None]:
-        """(the storage state, the reason when it is unavailable)."""
-        return await self._run(self._health)
+    async def _write(
+        self,
+        action: WriteAction,
+        mac: str,
+        meta: WriteMeta,
+        write: Callable[[], Awaitable[Outcome]],
+    ) -> Outcome:
+        """The one way a write happens: the stop's gate, a task of its own, its listeners."""
+        if self.refusing_writes:
+            refusal = ShuttingDown()
+            self._tell(Written.refused(action, mac, meta, refusal))
+            raise refusal
+        task = asyncio.get_running_loop().create_task(self._carry_out(action, mac, meta, write))
+        self._writes.add(task)
+        task.add_done_callback(self._write_ended)
+        return await self._outcome(task)
 
-    @staticmethod
-    async def _run(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        return await anyio.to_thread.run_sync(timed(lambda: func(*args, **kwargs)))
+    async def _carry_out(
+        self,
+        action: WriteAction,
+        mac: str,
+        meta: WriteMeta,
+        write: Callable[[], Awaitable[Outcome]],
+    ) -> Outcome:
+        try:
+            outcome = await write()
+        except Unconfirmed as error:  # it happened: told as a write that took effect
+            self._tell(Written.took_effect(action, meta, error.outcome, error))
+            raise
+        except ApiError as error:
+            self._tell(Written.refused(action, mac, meta, error))
+            raise
+        except Exception:
+            self._tell(Written.refused(action, mac, meta, ApiError("Internal server error")))
+            raise
+        self._tell(Written.took_effect(action, meta, outcome))
+        return outcome
 
-    @staticmethod
-    async def _read(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """The hot reads, mostly answered from the index: a cheaper, batched hop."""
-        return await _reads.run(timed(lambda: func(*args, **kwargs)))
-
-    async def _written(self, writing: "asyncio.Future[R]") -> R:
+    async def _outcome(self, task: "asyncio.Task[Outcome]") -> Outcome:
         """The write's outcome. Cancelling the wait leaves the write running, as a stop does."""
         loop = asyncio.get_running_loop()
         if self._gave_up is None or self._gave_up.get_loop() is not loop:
             self._gave_up = loop.create_future()
-        await asyncio.wait((writing, self._gave_up), return_when=asyncio.FIRST_COMPLETED)
-        if not writing.done():
+        await asyncio.wait((task, self._gave_up), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
             raise WriteOutlived
-        return writing.result()
+        return task.result()
+
+    def _write_ended(self, task: "asyncio.Task[Any]") -> None:
+        self._writes.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its request (if still there) raises it
+
+    def _tell(self, written: Written) -> None:
+        for listener in self.write_listeners:
+            try:
+                listener(written)
+            except Exception:  # one listener's fault must not cost the others their event
+                log.exception("a write listener failed")
+
+    # -- the stop --------------------------------------------------------------------------
+
+    @property
+    def writes_in_flight(self) -> int:
+        return len(self._writes)
+
+    def refuse_writes(self) -> None:
+        """From now on every write is refused with 503 SHUTTING_DOWN."""
+        self.refusing_writes = True
+
+    async def drain(self, seconds: float) -> bool:
+        """Wait up to `seconds` for the writes in flight; whether they all ended."""
+        if not self._writes:
+            return True
+        _, running = await asyncio.wait(set(self._writes), timeout=seconds)
+        return not running
 
     def give_up_writes(self) -> None:
         """Answer the writes still running now (the stop's deadline passed); they go on."""
         if self._gave_up is not None and not self._gave_up.done():
             self._gave_up.set_result(None)
 
-    def _saved(self, saving: "asyncio.Future[StoredConfig]") -> None:
-        error = saving.exception()
-        if error is None or isinstance(error, SaveNotConfirmed):  # visible either way
-            stored = saving.result() if error is None else error.stored
-            for listener in self.saved_listeners:
-                listener(stored)
+    # -- the change sink the backend tells ---------------------------------------------------
 
-    def _changed(self, name: str, etag: str | None) -> None:
-        """Tell the change listeners, on the event loop (called from any thread)."""
-        if self._loop is not None and self.change_listeners:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
-                self._loop.call_soon_threadsafe(self._tell_changed, name[:-5], etag)
+    def change_seen(self, change: Change) -> None:
+        for sink in self.change_sinks:
+            sink.change_seen(change)
 
-    def _tell_changed(self, mac: str, etag: str | None) -> None:
-        for listener in self.change_listeners:
-            listener(mac, etag)
+    def changes_missed(self) -> None:
+        for sink in self.change_sinks:
+            sink.changes_missed()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        await self.sweeper.start()
+        await self.backend.start(self)
 
     async def _stop(self) -> None:
-        await self.sweeper.stop()
-
-    # -- blocking, in worker threads ---------------------------------------------------------
-
-    def _health(self) -> tuple[StorageState, str | None]:
-        try:
-            self.index.stat_dir()
-            with os.scandir(self.directory.path) as entries:
-                next(entries, None)
-        except StorageUnavailable as error:
-            return "unavailable", error.reason
-        except OSError as error:
-            self.index.outage.failed("the configs directory is not readable", error)
-            return "unavailable", "the configs directory is not readable"
-        self.index.outage.recovered()
-        if self.writer.sync_fault and not self.writer.sync_recovers():
-            return "unavailable", self.writer.sync_fault
-        if not os.access(self.directory.path, os.W_OK):
-            return "read-only", None
-        return ("writes-blocked" if self.lock.still_blocked() else "read-write"), None
+        # A write that outlived SHUTDOWN_TIMEOUT still ends, and is told (its audit line).
+        if self._writes and not await self.drain(WRITE_END_SECONDS):
+            log.warning("stopping: %d write(s) still running, not awaited", len(self._writes))
+        await self.backend.stop()
 
 
 def current_store() -> ConfigStore:
     """The ConfigStore of the running app."""
-    return cast(ConfigStore, current_app.extensions["config_store"])
+    return ConfigStore.of(current_app)

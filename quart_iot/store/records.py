@@ -1,18 +1,21 @@
-"""The store's values: MACs, stored documents, write conditions and file signatures."""
+"""The values every store shares: MACs, version ids, stored documents, write conditions, and
+the JSON of a history page (so that a client cannot tell the stores apart)."""
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any
 
 from werkzeug.datastructures import ETags
 
-from quart_iot.documents import Document, parse_document, summary_fields
-from quart_iot.errors import InvalidMac
+from quart_iot.documents import Document, dump_document, etag_of, parse_document, summary_fields
+from quart_iot.errors import DocumentTooLarge, InvalidMac, InvalidVersion
 
 MAC_PATTERN = r"[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5}"  # also published in the OpenAPI document
 _MAC = re.compile(MAC_PATTERN)
+# `<ns since the epoch, 19 digits>-<8 hex>`: ids sort in time order as strings.
+VERSION_PATTERN = r"[0-9]{19}-[0-9a-f]{8}"  # also published in the OpenAPI document
+_VERSION = re.compile(VERSION_PATTERN)
 
 
 def canonical_mac(raw: str) -> str:
@@ -22,9 +25,16 @@ def canonical_mac(raw: str) -> str:
     return raw.lower()
 
 
+def check_version(raw: str) -> str:
+    """The version id, or InvalidVersion for anything that is not exactly one."""
+    if len(raw) != 28 or not _VERSION.fullmatch(raw):
+        raise InvalidVersion
+    return raw
+
+
 @dataclass(frozen=True, slots=True)
 class StoredConfig:
-    """A stored document: its bytes as on disk, its list item (JSON), strong ETag (unquoted)."""
+    """A stored document: its bytes as stored, its list item (JSON), strong ETag (unquoted)."""
 
     mac: str
     raw: bytes
@@ -43,9 +53,23 @@ class StoredConfig:
             content = json.dumps(self.content, ensure_ascii=False).encode()
         return self.summary_json[:-1] + b',"content":' + content + b"}"
 
+    @classmethod
+    def of_bytes(cls, mac: str, raw: bytes, content: Document) -> "StoredConfig":
+        """A document from its stored bytes and their parsed content."""
+        return cls(mac, raw, summary_json(mac, content), etag_of(raw))
+
+
+def to_store(mac: str, content: Document, max_bytes: int) -> StoredConfig:
+    """The document as every store keeps it: the same bytes, so the same ETag, whatever the
+    store (DocumentTooLarge past `max_bytes`)."""
+    raw = dump_document(content)
+    if len(raw) > max_bytes:
+        raise DocumentTooLarge(len(raw), max_bytes)
+    return StoredConfig.of_bytes(mac, raw, content)
+
 
 def summary_json(mac: str, content: Document) -> bytes:
-    """The list item of a document, rendered once per version of its file."""
+    """The list item of a document, rendered once per version of it."""
     name, entity, ota = summary_fields(content)
     summary = {
         "mac_address": mac,
@@ -69,15 +93,19 @@ class Precondition:
         return not self.overwrite or self.if_none_match.star_tag
 
 
-class Signature(NamedTuple):
-    """What identifies one version of a file without reading it."""
+def version_item(stored: StoredConfig, about: dict[str, Any]) -> bytes:
+    """One version in a history page: its summary, then `about` (version, etag, saved_at,
+    size, change, subject), as one JSON object."""
+    return stored.summary_json[:-1] + b"," + compact_json(about)[1:]
 
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
 
-    @classmethod
-    def of(cls, st: os.stat_result) -> "Signature":
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+def history_page(mac: str, items: list[bytes], older: str | None) -> bytes:
+    """A page of a device's history: `{"mac_address", "versions", "count", "next"}`, where
+    `next` is the cursor of the following page (pass it as `?before=`), null on the last."""
+    head = compact_json({"mac_address": mac})[:-1]
+    tail = compact_json(older)
+    return b'%s,"versions":[%s],"count":%d,"next":%s}' % (head, b",".join(items), len(items), tail)
+
+
+def compact_json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()

@@ -26,7 +26,7 @@ from quart_iot.errors import (
 )
 from quart_iot.models import StorageState
 from quart_iot.settings import Settings
-from quart_iot.store.backend import Change, ChangeSink, Deleted, Saved, WriteMeta
+from quart_iot.store.backend import Change, ChangeSink, Deleted, Saved, StorageStats, WriteMeta
 from quart_iot.store.postgres import history, statements
 from quart_iot.store.postgres.database import (
     BACKOFF_FIRST,
@@ -149,6 +149,10 @@ class PostgresBackend:
                 await task
         self._tasks = []
         await self.db.close()
+
+    def stats(self) -> StorageStats:
+        """No history figures yet: their gauges stay absent (never a made-up zero)."""
+        return StorageStats()
 
     async def health(self) -> tuple[StorageState, str | None]:
         """(the storage state, the reason when it is unavailable)."""

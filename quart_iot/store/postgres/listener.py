@@ -77,7 +77,7 @@ class Listener:
             return
         self.listening.set()
         if lost_before:
-            self.sink.missed()  # changes made while nobody listened are not re-sent
+            self.sink.changes_missed()  # changes made while nobody listened are not re-sent
         while not closed.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(closed.wait(), PING_SECONDS)
@@ -97,4 +97,4 @@ class Listener:
         if change is None:
             log.warning("ignored a notification that is not a change: %.80r", payload)
             return
-        self.sink.changed(change)
+        self.sink.change_seen(change)

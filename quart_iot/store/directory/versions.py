@@ -5,15 +5,18 @@ linked file never changes). Its name carries its metadata:
 `<ns since the epoch, 19 digits>-<8 hex>.<created|updated|deleted>.json`. Who wrote it, when
 access control is on, is a symbolic link beside it, `<id>.subject`, whose target is the
 subject as a JSON string: made before the version and never followed, it costs no data
-write and no fsync of its own (the shelf's fsync makes both durable).
+write and no fsync of its own (the shelf's fsync makes both durable). A document a delete is
+removing is held as `<id>.deleting`, which no reader lists, until the delete happened; only
+then does it become the `deleted` version (`Shelf.settle` finishes or undoes the deletes a
+crash interrupted).
 
 Plain blocking functions, run in worker threads. Every name is built from a canonical MAC
 and a version id that fully matched VERSION_PATTERN, relative to descriptors opened without
 following links: nothing outside the history area is ever touched.
 """
 
+import bisect
 import contextlib
-import functools
 import json
 import os
 import re
@@ -24,17 +27,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from quart_iot.documents import InvalidJson, etag_of, parse_document
-from quart_iot.errors import ConfigUnreadable, InvalidVersion, VersionNotFound
-from quart_iot.store.files import HISTORY_NAME, Directory
-from quart_iot.store.records import Signature, StoredConfig, summary_json
+from quart_iot.documents import InvalidJson, parse_document
+from quart_iot.errors import ConfigUnreadable, VersionNotFound
+from quart_iot.store.directory.files import HISTORY_NAME, Directory, Signature
+from quart_iot.store.records import VERSION_PATTERN, StoredConfig
 
-VERSION_PATTERN = r"[0-9]{19}-[0-9a-f]{8}"  # also published in the OpenAPI document
-_VERSION = re.compile(VERSION_PATTERN)
 _FILE = re.compile(rf"(?P<id>{VERSION_PATTERN})\.(?P<change>created|updated|deleted)\.json")
 SUBJECT_CHARS = 255  # OpenID Connect's limit for `sub`; its JSON fits a link's target
 _SUBJECT = ".subject"
 _SUBJECT_NAME = re.compile(rf"{VERSION_PATTERN}\.subject")
+_HELD = ".deleting"
+_MARK, _MARK_NEW = ".newest", ".newest.new"
+_HELD_NAME = re.compile(rf"(?P<id>{VERSION_PATTERN})\.deleting")
 _MAC_NAME = re.compile(r"[0-9a-f]{2}(?:-[0-9a-f]{2}){5}")
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -67,35 +71,38 @@ class Version:
         return cls(match["id"], match["change"]) if match else None
 
 
-def check_version(raw: str) -> str:
-    """The version id, or InvalidVersion for anything that is not exactly one."""
-    if len(raw) != 28 or not _VERSION.fullmatch(raw):
-        raise InvalidVersion
-    return raw
-
-
 class Shelf:
-    """One device's history directory as it was found (under the lock, for a write)."""
+    """One device's history directory as it was found (under the lock, for a write).
+
+    A write never lists it: the newest id issued is its mark (`.newest`, a symbolic link
+    whose target is that version's name, replaced atomically with each id issued), so a
+    save costs the same at 10 versions or 10,000. Reads and retention list it, once."""
 
     def __init__(self, fd: int, top: int) -> None:
         self.fd = fd
         self.top = top  # the configs directory
+        self._listed: tuple[list[str], set[str], list[str]] | None = None
 
-    @functools.cached_property
-    def _entries(self) -> list[str]:
-        """What the shelf holds, listed once, when first needed (a cached listing never is)."""
-        return os.listdir(self.fd)
+    def _listing(self) -> tuple[list[str], set[str], list[str]]:
+        """(the versions' names in time order, the ids with a subject, the held ids), from
+        one listing made when first needed (a cached listing never is)."""
+        if self._listed is None:
+            entries = os.listdir(self.fd)
+            names = sorted(name for name in entries if name.endswith(".json"))
+            signed = {name[:28] for name in entries if _SUBJECT_NAME.fullmatch(name)}
+            held = [match["id"] for name in entries if (match := _HELD_NAME.fullmatch(name))]
+            self._listed = names, signed, held
+        return self._listed
 
-    @functools.cached_property
+    @property
     def names(self) -> list[str]:
-        """The versions' file names. They sort in time order (fixed-length ids first); parsed
-        only where needed, since a write needs just the newest and the oldest."""
-        return sorted(name for name in self._entries if name.endswith(".json"))
+        """The versions' file names. They sort in time order (fixed-length ids first)."""
+        return self._listing()[0]
 
-    @functools.cached_property
+    @property
     def signed(self) -> set[str]:
         """The ids that have a subject."""
-        return {name[:28] for name in self._entries if _SUBJECT_NAME.fullmatch(name)}
+        return self._listing()[1]
 
     @property
     def versions(self) -> list[Version]:
@@ -106,22 +113,63 @@ class Shelf:
     def newest(self) -> Version | None:
         return next(filter(None, map(Version.parse, reversed(self.names))), None)
 
-    def oldest(self) -> Version | None:
-        return next(filter(None, map(Version.parse, self.names)), None)
-
     def find(self, mac: str, version_id: str) -> Version:
         for version in self.versions:
             if version.id == version_id:
                 return version
         raise VersionNotFound(mac, version_id)
 
-    def new_id(self) -> str:
-        """Later than every kept version, whatever the clocks of the replicas say."""
+    # -- the mark: the newest id issued, without a listing --------------------------------
+
+    def newest_name(self) -> str | None:
+        """The name of the newest version issued (it may be held, or not linked after a
+        crash): the mark, or for a shelf from before marks, a listing."""
+        with contextlib.suppress(OSError):
+            marked = os.readlink(_MARK, dir_fd=self.fd)
+            if Version.parse(marked):
+                return marked
+        listed = [version.name for version in [self.newest()] if version]
+        listed += [f"{version_id}.deleted.json" for version_id in self._listing()[2]]
+        return max(listed, default=None)
+
+    def issue(self, change: str) -> Version:
+        """A new version, later than every one issued, whatever the clocks of the replicas
+        say; the mark names it before it exists, so no later id can be missed."""
         now = time.time_ns()
-        newest = self.newest()
+        newest = self.newest_name()
         if newest is not None:
-            now = max(now, newest.saved_ns + 1)
-        return f"{now:019d}-{secrets.token_hex(4)}"
+            now = max(now, int(newest[:19]) + 1)
+        version = Version(f"{now:019d}-{secrets.token_hex(4)}", change)
+        self._mark(version.name)
+        return version
+
+    def _mark(self, name: str) -> None:
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_MARK_NEW, dir_fd=self.fd)  # left by a crash
+            os.symlink(name, _MARK_NEW, dir_fd=self.fd)
+            os.rename(_MARK_NEW, _MARK, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except OSError:  # without a mark, the next write lists the shelf: slower, as right
+            with contextlib.suppress(OSError):
+                os.unlink(_MARK, dir_fd=self.fd)
+
+    def is_newest(self, current: os.stat_result) -> bool:
+        """Whether the current document is the newest version already: two stats, or where
+        the newest id issued names no file (a delete undone, a crash), a listing."""
+        newest = self.newest_name()
+        if newest is None:
+            return False
+        try:
+            return os.path.samestat(self._stat(newest), current)
+        except FileNotFoundError:
+            pass
+        version = self.newest()
+        try:
+            return version is not None and os.path.samestat(self.stat(version), current)
+        except FileNotFoundError:
+            return False
+
+    # -- versions ----------------------------------------------------------------------------
 
     def link(self, mac: str, version: Version) -> None:
         """The current file, never a link's target, as this version (atomic: whole or
@@ -133,27 +181,85 @@ class Shelf:
             dst_dir_fd=self.fd,
             follow_symlinks=False,
         )
-        self.names.append(version.name)
+        if self._listed is not None:
+            self._listed[0].append(version.name)
+
+    def held(self) -> list[str]:
+        """Ids of the documents deletes hold (a crash, or a failed unlink, left them). Only
+        the newest id can be one: a write settles the shelf before it issues another."""
+        newest = self.newest_name()
+        if self._listed is None and newest is not None:
+            held = newest[:28]
+            with contextlib.suppress(FileNotFoundError):
+                self._stat(held + _HELD)
+                return [held]
+            return []
+        return list(self._listing()[2])
+
+    def hold(self, mac: str, version_id: str) -> None:
+        """The current file, under a name no reader lists, before a delete removes it."""
+        os.link(
+            f"{mac}.json",
+            version_id + _HELD,
+            src_dir_fd=self.top,
+            dst_dir_fd=self.fd,
+            follow_symlinks=False,
+        )
+
+    def release(self, version_id: str, change: str) -> Version:
+        """The held document becomes a version (atomic: a rename within the shelf)."""
+        version = Version(version_id, change)
+        os.rename(version_id + _HELD, version.name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        if self._listed is not None:
+            bisect.insort(self._listed[0], version.name)
+        self._forget_held(version_id)
+        return version
+
+    def drop(self, version_id: str) -> None:
+        """The held document goes, with its subject (its delete did not happen)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(version_id + _HELD, dir_fd=self.fd)
+        self._forget_held(version_id)
+        self.unsign(version_id)
+
+    def _forget_held(self, version_id: str) -> None:
+        if self._listed is not None and version_id in self._listed[2]:
+            self._listed[2].remove(version_id)
+
+    def settle(self, mac: str) -> None:
+        """Finish or undo the deletes that were interrupted: a `deleted` version only where
+        the document is gone (under the write lock)."""
+        for version_id in self.held():
+            held = self._stat(version_id + _HELD)
+            current = self.current(mac)
+            if current is None:
+                self.release(version_id, "deleted")
+            elif os.path.samestat(current, held):
+                self.drop(version_id)  # the document is still there: nothing was deleted
+            else:  # replaced since, by hand: it was current once; deleted, nobody can tell
+                self.release(version_id, "updated")
 
     def unlink(self, version: Version) -> None:
         """Remove a version and its subject."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(version.name, dir_fd=self.fd)
-        with contextlib.suppress(ValueError):
-            self.names.remove(version.name)
+        if self._listed is not None and version.name in self._listed[0]:
+            self._listed[0].remove(version.name)
         self.unsign(version.id)
 
-    def sign(self, version: Version, subject: str) -> None:
+    def sign(self, version_id: str, subject: str) -> None:
         """Record who makes the version (before it is linked: it never shows without)."""
         readable = subject[:SUBJECT_CHARS].encode("utf-8", "replace").decode()  # no lone surrogate
         target = json.dumps(readable)  # ASCII, no NUL: any string fits a link's target
-        os.symlink(target, version.id + _SUBJECT, dir_fd=self.fd)
-        self.signed.add(version.id)
+        os.symlink(target, version_id + _SUBJECT, dir_fd=self.fd)
+        if self._listed is not None:
+            self._listed[1].add(version_id)
 
     def unsign(self, version_id: str) -> None:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):  # a directory: not ours
             os.unlink(version_id + _SUBJECT, dir_fd=self.fd)
-        self.signed.discard(version_id)
+        if self._listed is not None:
+            self._listed[1].discard(version_id)
 
     def subject(self, version: Version) -> str | None:
         """Who made the version; None when nobody signed it (access control off, an edit
@@ -169,7 +275,10 @@ class Shelf:
         return self.signed - {version.id for version in self.versions}
 
     def stat(self, version: Version) -> os.stat_result:
-        return os.stat(version.name, dir_fd=self.fd, follow_symlinks=False)
+        return self._stat(version.name)
+
+    def _stat(self, name: str) -> os.stat_result:
+        return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
 
     def current(self, mac: str) -> os.stat_result | None:
         """The device's document as it is now (None when there is none)."""
@@ -243,10 +352,15 @@ class Shelves:
         return True
 
     def remove(self, mac: str) -> None:
-        """Remove an empty shelf (one that is not empty, say with a new version, stays)."""
+        """Remove an empty shelf, its mark with it (under the write lock: a shelf with a new
+        version, or a file not ours, stays)."""
         with self.directory.opened() as top:
             root = _open_dir(HISTORY_NAME, top, create=False)
             try:
+                with self.opened(mac) as shelf, contextlib.suppress(OSError):
+                    for mark in (_MARK, _MARK_NEW):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(mark, dir_fd=shelf.fd)
                 with contextlib.suppress(OSError):
                     os.rmdir(mac, dir_fd=root)
             finally:
@@ -264,7 +378,7 @@ def stored_version(mac: str, data: bytes) -> StoredConfig:
         content = parse_document(data)
     except InvalidJson:
         raise ConfigUnreadable(mac, "has a version that is not a JSON object") from None
-    return StoredConfig(mac, data, summary_json(mac, content), etag_of(data))
+    return StoredConfig.of_bytes(mac, data, content)
 
 
 def _open_dir(name: str, parent: int, create: bool) -> int:

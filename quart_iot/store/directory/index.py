@@ -17,16 +17,17 @@ from dataclasses import dataclass
 
 from quart_iot.documents import InvalidJson, etag_of, parse_document
 from quart_iot.errors import ConfigNotFound, ConfigUnreadable, StorageUnavailable
-from quart_iot.store.files import (
+from quart_iot.store.directory.files import (
     CONFIG_NAME,
     HISTORY_NAME,
     LOCK_NAME,
     TEMP_NAME,
     Directory,
+    Signature,
     Unusable,
 )
-from quart_iot.store.outage import Outage, storage_errors
-from quart_iot.store.records import Signature, StoredConfig, summary_json
+from quart_iot.store.directory.outage import Outage, storage_errors
+from quart_iot.store.records import StoredConfig, summary_json
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,13 @@ class Entry:
 
 
 class Index:
-    """The validated cache of the directory; `on_change(name, etag)` hears of every change."""
+    """The validated cache of the directory; `saw_change(name, etag)` hears of every change it
+    sees (from any thread)."""
 
-    def __init__(self, directory: Directory, on_change: Callable[[str, str | None], None]) -> None:
+    def __init__(self, directory: Directory, saw_change: Callable[[str, str | None], None]) -> None:
         self.directory = directory
         self.outage = Outage("reads")
-        self._on_change = on_change
+        self._saw_change = saw_change
         self._lock = threading.Lock()  # guards the fields below
         self._scan_lock = threading.Lock()  # one directory rescan at a time
         self._entries: dict[str, Entry] = {}
@@ -120,7 +122,7 @@ class Index:
                 # A name saved after the scan began may be missing from it: not gone.
                 if self._entries[name].read_at < started:
                     if self._entries.pop(name).etag is not None:
-                        self._on_change(name, None)
+                        self._saw_change(name, None)
                     self._body = None
             self._scanned_at = started
         self._primed = True
@@ -207,13 +209,19 @@ class Index:
         name = f"{mac}.json"
         with storage_errors(f"stat of {name}", self.outage):
             try:
-                signature: Signature | None = self.directory.lstat(name)
+                etag = self.cached_etag(name)
             except FileNotFoundError:
-                signature = None
+                etag = None
+        return etag or self.get(mac).etag
+
+    def cached_etag(self, name: str) -> str | None:
+        """The ETag of the name's entry when a fresh lstat proves it current (no read), else
+        None; FileNotFoundError when the name is absent."""
+        signature = self.directory.lstat(name)
         entry = self._entries.get(name)
-        if signature and entry and entry.signature == signature and entry.etag and not entry.racy:
+        if entry and entry.signature == signature and not entry.racy:
             return entry.etag
-        return self.get(mac).etag
+        return None
 
     def refresh(self, name: str) -> StoredConfig | None:
         """Read one file into the index; the document when it is usable."""
@@ -254,7 +262,7 @@ class Index:
         # Before the first scan, a name new to the index is news only when we wrote it.
         news = old is not None or self._primed or written
         if news and (old.etag if old else None) != entry.etag:
-            self._on_change(name, entry.etag)
+            self._saw_change(name, entry.etag)
         if entry.problem and (old is None or old.signature != entry.signature):
             log.warning("skipping config file %r: %s", name, entry.problem)
 
@@ -270,4 +278,4 @@ class Index:
             if old is not None and old.summary_json:
                 self._body = None
         if old is not None and old.etag is not None:
-            self._on_change(name, None)
+            self._saw_change(name, None)

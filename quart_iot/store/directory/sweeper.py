@@ -12,11 +12,11 @@ import anyio.to_thread
 
 from quart_iot.errors import StorageUnavailable, WritesBlocked
 from quart_iot.storagetime import timed
-from quart_iot.store.files import Directory
-from quart_iot.store.index import Index
-from quart_iot.store.lock import WriteLock
-from quart_iot.store.outage import Outage, storage_errors
-from quart_iot.store.retention import Retention
+from quart_iot.store.directory.files import Directory
+from quart_iot.store.directory.index import Index
+from quart_iot.store.directory.lock import WriteLock
+from quart_iot.store.directory.outage import Outage, storage_errors
+from quart_iot.store.directory.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,10 @@ class Sweeper:
             return
         for mac in self.retention.take_pending():
             now = time.time_ns()
-            prune = partial(self.retention.prune, mac, now)
+            prune = partial(_after_nothing, self.retention.prune, mac, now)
             try:
                 with storage_errors("retention of the history", self.write_outage):
-                    if self.retention.doomed(mac, now):  # the lock only when there is work
+                    if self.retention.has_work(mac, now):  # the lock only when there is work
                         self.lock.exclusively(time.monotonic() + 1.0, _nothing, prune)
             except WritesBlocked:
                 self.retention.note(mac)  # the next sweep tries again
@@ -110,3 +110,7 @@ async def _run(func: Callable[[], None]) -> None:
 
 def _nothing() -> None:
     """No condition to check."""
+
+
+def _after_nothing(prune: Callable[[str, int], int], mac: str, now: int, _: None) -> int:
+    return prune(mac, now)

@@ -5,9 +5,8 @@ the metrics on the way."""
 
 import contextlib
 import threading
-import time
 
-from quart_iot.store.versions import Shelf, Shelves, Version
+from quart_iot.store.directory.versions import Shelf, Shelves, Version
 
 DAY_NS = 86_400 * 1_000_000_000
 
@@ -22,19 +21,13 @@ class Retention:
         self.versions_kept: int | None = None  # as of the last survey
         self.bytes_used: int | None = None
         self.pruned = 0
-        self._pending: set[str] = set()  # devices a write took past a limit: prune soon
+        self._pending: set[str] = set()  # devices written (or surveyed): checked at the next sweep
         self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
         """Whether history is on: whether writes keep versions, and retention has work."""
         return self.max_versions > 0
-
-    def past_limit(self, shelf: Shelf) -> bool:
-        """Whether the shelf holds a version that retention removes."""
-        oldest = shelf.oldest()
-        too_old = oldest is not None and time.time_ns() - oldest.saved_ns > self.max_age_ns
-        return len(shelf.names) > self.max_versions or too_old
 
     def note(self, *macs: str) -> None:
         """Prune these devices at the next sweep."""
@@ -46,13 +39,37 @@ class Retention:
             pending, self._pending = sorted(self._pending), set()
         return pending
 
-    def doomed(self, mac: str, now_ns: int) -> list[Version]:
-        """The versions retention removes now."""
+    def has_work(self, mac: str, now_ns: int) -> bool:
+        """Whether the device's shelf holds versions retention removes now, or deletes to
+        settle (read without the lock: `prune` decides again under it)."""
         try:
             with self.shelves.opened(mac) as shelf:
-                versions = shelf.versions
+                return bool(shelf.held() or self._doomed(shelf, mac, now_ns))
         except (FileNotFoundError, NotADirectoryError):  # pruned by another replica
-            return []
+            return False
+
+    def prune(self, mac: str, now_ns: int) -> int:
+        """Settle interrupted deletes, remove what retention removes (under the write lock);
+        how many versions went."""
+        try:
+            with self.shelves.opened(mac) as shelf:
+                shelf.settle(mac)
+                doomed = self._doomed(shelf, mac, now_ns)
+                for version in doomed:
+                    shelf.unlink(version)
+                for orphan in shelf.orphans():  # under the lock: no writer is between the two
+                    shelf.unsign(orphan)
+                emptied = not shelf.versions and not shelf.held()
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        if emptied:
+            self.shelves.remove(mac)
+        with self._lock:
+            self.pruned += len(doomed)
+        return len(doomed)
+
+    def _doomed(self, shelf: Shelf, mac: str, now_ns: int) -> list[Version]:
+        versions = shelf.versions
         if not versions:
             return []
         cutoff = now_ns - self.max_age_ns
@@ -62,23 +79,6 @@ class Retention:
         if newest in doomed and (newest.saved_ns >= cutoff or self.shelves.live(mac)):
             doomed.remove(newest)
         return doomed
-
-    def prune(self, mac: str, now_ns: int) -> int:
-        """Remove what retention removes (under the write lock); how many versions went."""
-        doomed = self.doomed(mac, now_ns)
-        if not doomed:
-            return 0
-        with self.shelves.opened(mac) as shelf:
-            for version in doomed:
-                shelf.unlink(version)
-            for orphan in shelf.orphans():  # under the lock: no writer is between the two
-                shelf.unsign(orphan)
-            emptied = not shelf.versions
-        if emptied:
-            self.shelves.remove(mac)
-        with self._lock:
-            self.pruned += len(doomed)
-        return len(doomed)
 
     def survey(self) -> list[str]:
         """Every device with history; counts the versions and bytes kept on the way."""

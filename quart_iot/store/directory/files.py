@@ -16,19 +16,31 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
-
-from quart_iot.store.records import Signature
+from typing import BinaryIO, NamedTuple
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = re.compile(r"[0-9a-f]{2}(?:-[0-9a-f]{2}){5}\.json")
 TEMP_NAME = re.compile(r"\.[0-9a-f-]{17}\.json\.(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp")
 LOCK_NAME = ".quart_iot.lock"
-HISTORY_NAME = ".history"  # every version of every document (store/versions.py)
+HISTORY_NAME = ".history"  # every version of every document (versions.py)
 STALE_TEMP_SECONDS = 300
 
 _UNUSABLE_ERRNOS = {errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENXIO, errno.EISDIR}
+
+
+class Signature(NamedTuple):
+    """What identifies one version of a file without reading it."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "Signature":
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class Unusable(Exception):
@@ -128,7 +140,7 @@ class Directory:
         unlink_quietly(temp)
         self.writing.discard(temp.name)
 
-    def install(self, temp: Path, name: str, create_only: bool) -> int:
+    def put_in_place(self, temp: Path, name: str, create_only: bool) -> int:
         """Put the temp file in place (create_only: FileExistsError if the name exists).
 
         Returns when it became visible (monotonic ns).

@@ -1,5 +1,6 @@
 """Version history, the read side: a device's versions, one version, the deleted devices."""
 
+import bisect
 import contextlib
 import json
 import os
@@ -8,9 +9,10 @@ from collections import OrderedDict
 from typing import Any, Generic, TypeVar
 
 from quart_iot.errors import ConfigNotFound, ConfigUnreadable, VersionNotFound
-from quart_iot.store.index import RACY_NS
-from quart_iot.store.records import Signature, StoredConfig
-from quart_iot.store.versions import Shelf, Shelves, Version, stored_version
+from quart_iot.store.directory.files import Signature
+from quart_iot.store.directory.index import RACY_NS
+from quart_iot.store.directory.versions import Shelf, Shelves, Version, stored_version
+from quart_iot.store.records import StoredConfig, history_page, version_item
 
 # What each of the two caches (the versions' items, the rendered listings) may hold: a reader
 # walking every device's history keeps the most recent, not all it saw (about 30,000
@@ -18,6 +20,7 @@ from quart_iot.store.versions import Shelf, Shelves, Version, stored_version
 CACHE_BYTES = 8 * 1024 * 1024
 ENTRY_BYTES = 200  # what an entry costs beside its bytes: key, signature, links
 
+Page = tuple[str, int, str | None]  # (mac, limit, before): one page of one device's history
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -56,18 +59,19 @@ class Catalogue:
         self.shelves = shelves
         self.directory = shelves.directory
         self._items: BoundedCache[tuple[str, str], Signature] = BoundedCache()
-        self._listings: BoundedCache[str, tuple[Signature, Signature | None]] = BoundedCache()
+        self._pages: BoundedCache[Page, tuple[Signature, Signature | None]] = BoundedCache()
 
-    def listing(self, mac: str) -> bytes:
-        """The history body of one device, versions newest first (ConfigNotFound if it never
-        had a document)."""
+    def listing(self, mac: str, limit: int = 50, before: str | None = None) -> bytes:
+        """A page of one device's history: `limit` versions older than version `before`,
+        newest first (ConfigNotFound if it never had a document)."""
         try:
             with self.shelves.opened(mac) as shelf:
-                return self._listing(shelf, mac)
+                return self._listing(shelf, (mac, limit, before))
         except (FileNotFoundError, NotADirectoryError):
             if not self.shelves.live(mac):
                 raise ConfigNotFound(mac) from None
-            return _body(mac, [])  # a document from before history: kept when a write replaces it
+            # A document from before history: kept when a write replaces it.
+            return history_page(mac, [], None)
 
     def read(self, mac: str, version_id: str) -> tuple[Version, StoredConfig]:
         """One version as a stored document."""
@@ -98,14 +102,16 @@ class Catalogue:
         deleted_at = last.saved_at if last.change == "deleted" else None
         return [{**item, "deleted_at": deleted_at}]
 
-    def _listing(self, shelf: Shelf, mac: str) -> bytes:
+    def _listing(self, shelf: Shelf, page: Page) -> bytes:
         """From the cache while neither the shelf nor the current file changed."""
+        mac, limit, before = page
         key = self._listing_key(shelf, mac)
-        body = self._listings.get(mac, key)
+        body = self._pages.get(page, key)
         if body is None:
-            body = _body(mac, [self._describe(shelf, mac, v) for v in reversed(shelf.versions)])
+            versions, older = _page(shelf.versions, limit, before)
+            body = history_page(mac, [self._describe(shelf, mac, v) for v in versions], older)
             if key is not None:
-                self._listings.put(mac, key, body)
+                self._pages.put(page, key, body)
         return body
 
     def _listing_key(self, shelf: Shelf, mac: str) -> tuple[Signature, Signature | None] | None:
@@ -137,15 +143,17 @@ class Catalogue:
             "change": version.change,
             "subject": shelf.subject(version),
         }
-        item = stored.summary_json[:-1] + b"," + _json(about)[1:]  # one object, summary first
+        item = version_item(stored, about)
         self._items.put(key, signature, item)
         return item
 
 
-def _body(mac: str, items: list[bytes]) -> bytes:
-    head = _json({"mac_address": mac})[:-1]
-    return b'%s,"versions":[%s],"count":%d}' % (head, b",".join(items), len(items))
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+def _page(
+    versions: list[Version], limit: int, before: str | None
+) -> tuple[list[Version], str | None]:
+    """`limit` of the versions (oldest first) older than id `before`, newest first, and the
+    cursor of the next page (None: this is the last)."""
+    end = bisect.bisect_left([v.id for v in versions], before) if before else len(versions)
+    start = max(0, end - limit)
+    page = versions[start:end][::-1]
+    return page, page[-1].id if start and page else None

@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator
 from typing import NoReturn, TypeVar
 
 from quart_iot.errors import WritesBlocked
-from quart_iot.store.files import LOCK_NAME, Directory
+from quart_iot.store.directory.files import LOCK_NAME, Directory
 
 log = logging.getLogger(__name__)
 
+C = TypeVar("C")
 R = TypeVar("R")
 
 
@@ -29,8 +30,8 @@ class WriteLock:
         # polling the flock (which cannot block with a timeout) with sleeps among themselves.
         self._ours = threading.Lock()
 
-    def exclusively(self, deadline: float, check: Callable[[], None], commit: Callable[[], R]) -> R:
-        """check() then commit() holding the lock, waiting for it until the deadline at most."""
+    def exclusively(self, deadline: float, check: Callable[[], C], commit: Callable[[C], R]) -> R:
+        """commit(check()) holding the lock, waiting for it until the deadline at most."""
         if not self._ours.acquire(timeout=max(deadline - time.monotonic(), 0)):
             self._timed_out()
         try:
@@ -38,18 +39,16 @@ class WriteLock:
         finally:
             self._ours.release()
 
-    def _exclusively(
-        self, deadline: float, check: Callable[[], None], commit: Callable[[], R]
-    ) -> R:
+    def _exclusively(self, deadline: float, check: Callable[[], C], commit: Callable[[C], R]) -> R:
         while True:
             with self._file(create=True) as fd:
                 self._acquire(fd, deadline)
                 # The lock file may have been removed or replaced while we waited (or checked):
                 # then whoever locks the file now at that name is not excluded by ours. Retry.
                 if self._still_named(fd):
-                    check()
+                    checked = check()
                     if self._still_named(fd):
-                        return commit()
+                        return commit(checked)
 
     def still_blocked(self) -> bool:
         """After a write timed out: is the lock still held? (Probed, not waited for.)"""
