@@ -23,7 +23,7 @@ MAC = "aa-bb-cc-dd-ee-ff"
 OTHER_MAC = "00-11-22-33-44-55"
 Client = TestClientProtocol
 
-BACKENDS = ["directory"]
+BACKENDS = ["directory", "postgres"]
 
 
 @pytest.fixture(autouse=True)
@@ -45,8 +45,16 @@ def directory_settings(request: pytest.FixtureRequest, **settings: Any) -> Setti
     return Settings(esp32_configs_dir=directory, _env_file=None, **settings)
 
 
+def postgres_settings(request: pytest.FixtureRequest, **settings: Any) -> Settings:
+    url = request.getfixturevalue("pg_url")
+    return Settings(database_url=url, _env_file=None, **settings)
+
+
 # How each store's settings are made: (the test's request, extra settings) -> Settings.
-SETTINGS: dict[str, Callable[..., Settings]] = {"directory": directory_settings}
+SETTINGS: dict[str, Callable[..., Settings]] = {
+    "directory": directory_settings,
+    "postgres": postgres_settings,
+}
 
 
 @pytest.fixture
