@@ -94,7 +94,7 @@ async def get_device_config(mac_address: str) -> Response:
             ):
                 raise PreconditionFailed(mac_address.lower(), "If-Match")
             if etag and request.if_none_match.contains_weak(etag):
-                if not seconds or not await waiting.changed(waiter, etag, seconds):
+                if not seconds or not await waiting.wait_for_change(waiter, etag, seconds):
                     return preference_applied(not_modified(etag), seconds)
                 waited = seconds
         stored = await get_after_wait(mac_address, waited)
