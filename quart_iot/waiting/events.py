@@ -48,12 +48,12 @@ class EventBuffer:
     for the events after it: it gets a list of its own, which no later append changes, or None
     when some of them are gone already (it then sends `reset`, never a gap)."""
 
-    def __init__(self, size: int = BUFFER_SIZE) -> None:
-        self.size = size
+    def __init__(self, size: int | None = None) -> None:
+        self.size = size or BUFFER_SIZE
         self.epoch = secrets.token_hex(4)
         self.head = 0  # the sequence of the newest event; 0: none yet
         self._origin = f"{self.epoch}-0"  # the id of position 0, before any event
-        self._ring = [Event(0, self._origin, b"")] * size  # slot `seq % size` holds event seq
+        self._ring = [Event(0, self._origin, b"")] * self.size  # slot `seq % size` holds event seq
         self._positions: dict[str, int] = {self._origin: 0}
 
     def append(self, mac: str, etag: str | None, event_id: str | None = None) -> Event:
