@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from quart import Quart
-from quart.testing.connections import TestHTTPConnection
+from quart.testing import connections
 
 from quart_iot.app import create_app
 from quart_iot.settings import Settings
@@ -231,7 +231,7 @@ async def test_a_huge_last_event_id_is_unknown_and_answered_reset(
         received = b""
         while b"event: reset" not in received:
             received += await asyncio.wait_for(connection.receive(), 10)
-        assert isinstance(connection, TestHTTPConnection)  # the protocol lacks the status
+        assert isinstance(connection, connections.TestHTTPConnection)  # has status_code
         assert connection.status_code == 200
         await connection.disconnect()
     assert frames(received)[1]["id"] == f"{epoch}-0"
