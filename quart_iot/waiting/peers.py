@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 PEERS_ENV = "QUART_IOT_PEERS"
 DATAGRAM_BYTES = 2048  # MACs per datagram, joined by newlines: about 110
 MAC_BYTES = 17
+_MAC = re.compile(r"[0-9a-f]{2}(-[0-9a-f]{2}){5}")  # canonical: all a worker ever sends
 Check = Callable[[str], Coroutine[Any, Any, object]]
 
 
@@ -150,7 +152,8 @@ class Peers:
         with contextlib.suppress(BlockingIOError):
             while True:
                 for mac in self._sock.recv(DATAGRAM_BYTES).decode("ascii", "replace").split():
-                    self._start_check(mac)
+                    if _MAC.fullmatch(mac):
+                        self._start_check(mac)
 
     def _start_check(self, mac: str) -> None:
         assert self._loop is not None
