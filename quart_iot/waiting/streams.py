@@ -28,12 +28,9 @@ class Streams:
         self._fan_out: asyncio.Task[None] | None = None
         self._again = False  # a change arrived while the fan-out ran: one more round
 
-    def follow(self, position: int | None, deadline: float) -> AsyncGenerator[bytes, None]:
+    async def follow(self, position: int | None, deadline: float) -> AsyncGenerator[bytes, None]:
         """A stream after `position` (None: unknown, it starts with `reset`) that ends by itself
         at `deadline` (event loop time), sending where it stood."""
-        return self._follow(position, deadline)
-
-    async def _follow(self, position: int | None, deadline: float) -> AsyncGenerator[bytes, None]:
         loop = asyncio.get_running_loop()
         buffer = self.buffer
         self.open += 1
