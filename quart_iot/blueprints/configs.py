@@ -71,7 +71,7 @@ async def get_config(mac_address: str) -> Response:
 
 @blueprint.get("/api/configs/events")
 @document_response(EventStream)
-@document_errors(503)
+@document_errors(429, 503)
 async def config_events() -> Response:
     """Server-sent events: `saved`/`deleted` per change, `reset` when Last-Event-ID is too old."""
     return event_stream_response(request.headers.get("Last-Event-ID"))
@@ -80,7 +80,7 @@ async def config_events() -> Response:
 @blueprint.get("/api/configs/<mac_address>.json")
 @document_response(DeviceDocument, headers_model_class=ETagHeader)
 @document_headers(ConditionalHeaders)
-@document_errors(400, 404, 412, 422, 503)
+@document_errors(400, 404, 412, 422, 429, 503)
 async def get_device_config(mac_address: str) -> Response:
     """The device's document; If-None-Match answers 304, or waits with `Prefer: wait=n`."""
     waiting = current_waiting()
