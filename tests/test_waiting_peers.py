@@ -41,6 +41,7 @@ async def test_a_burst_larger_than_the_kernel_queue_reaches_the_other_worker_who
         sender.stop()
         receiver.stop()
     assert sorted(heard) == sorted(mac(n) for n in range(1000))
+    assert sender.told == receiver.heard == 1000
 
 
 async def test_a_worker_not_listening_costs_nothing_and_is_told_once_it_is() -> None:

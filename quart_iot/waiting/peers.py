@@ -65,6 +65,8 @@ class Peers:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._check: Check | None = None
         self._checks: set[asyncio.Task[object]] = set()
+        self.told = 0  # MACs sent to another worker
+        self.heard = 0  # MACs received from another worker
 
     @classmethod
     def from_environment(cls) -> "Peers | None":
@@ -85,6 +87,7 @@ class Peers:
 
     def stop(self) -> None:
         assert self._loop is not None
+        log.info("peers: told the other workers of %d write(s), heard of %d", self.told, self.heard)
         for peer in self.others:
             self._disconnect(peer)
         if self._sock is not None:
@@ -116,6 +119,7 @@ class Peers:
                 return
             for mac in batch:
                 del peer.pending[mac]
+            self.told += len(batch)
 
     def _connected(self, peer: Peer) -> socket.socket:
         if peer.sock is None:
@@ -153,6 +157,7 @@ class Peers:
             while True:
                 for mac in self._sock.recv(DATAGRAM_BYTES).decode("ascii", "replace").split():
                     if _MAC.fullmatch(mac):
+                        self.heard += 1
                         self._start_check(mac)
 
     def _start_check(self, mac: str) -> None:
