@@ -242,3 +242,23 @@ def test_last_event_id_is_bounded() -> None:
     assert last_event_id(" abc-1 ") == "abc-1"
     assert last_event_id("a" * 65) == ""
     assert last_event_id("a\x00b") == ""
+
+
+async def test_a_change_during_a_fan_out_reaches_every_stream() -> None:
+    buffer = events.EventBuffer()
+    fan_out = streams.Streams(buffer, heartbeat=60)
+    deadline = asyncio.get_running_loop().time() + 60
+    followers = [fan_out.follow(buffer.head, deadline) for _ in range(3 * streams.FAN_OUT_BATCH)]
+    for stream in followers:
+        await pull(stream)
+    tasks = [asyncio.create_task(pull_events(stream, 2)) for stream in followers]
+    await asyncio.sleep(0)  # each follower now sleeps in the stream
+    buffer.append(MAC, "first")
+    fan_out.wake()
+    await asyncio.sleep(0)  # the fan-out has woken its first batch, not the others
+    buffer.append(MAC, "second")
+    fan_out.wake()
+    for sent in await asyncio.gather(*tasks):
+        assert [json.loads(frame["data"])["etag"] for frame in sent] == ["first", "second"]
+    for stream in followers:
+        await stream.aclose()
