@@ -363,7 +363,7 @@ async def wait_for_a_stream(server: Server) -> None:
 
 
 async def test_a_stream_ends_when_its_token_expires(server: Server, provider: Provider) -> None:
-    token = provider.token("short-lived")  # expires 3 s after it is issued
+    token = provider.token("short-lived")  # expires 6 s after it is issued
     expires_at = jwt.decode(token, options={"verify_signature": False})["exp"]
     async with (
         httpx.AsyncClient(base_url=server.url, timeout=30) as http,
