@@ -44,6 +44,13 @@ class GracefulStop:
         app.before_request(self._admit)
         app.teardown_request(self._release)
 
+    @classmethod
+    def of(cls, app: Quart) -> "GracefulStop":
+        """The app's GracefulStop."""
+        stop = app.extensions["graceful_stop"]
+        assert isinstance(stop, cls)
+        return stop
+
     async def _admit(self) -> None:
         if request.method not in WRITE_METHODS or request.blueprint != "configs":
             return
