@@ -115,6 +115,17 @@ class HostNotAllowed(ApiError):
         super().__init__("The Host header names a host this service does not serve")
 
 
+class InvalidHost(ApiError):
+    # RFC 9112 3.2: a Host with an invalid value is a 400.
+    status, code = 400, "INVALID_HOST"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The Host header is not a valid host: an IP address, or a DNS name whose labels "
+            "are 1 to 63 letters, digits, hyphens or underscores"
+        )
+
+
 class StorageUnavailable(ApiError):
     status, code = 503, "STORAGE_UNAVAILABLE"
 
