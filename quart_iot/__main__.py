@@ -154,6 +154,7 @@ def main() -> int:
     try:
         fds = inherited_sockets()
     except ParentGone:
+        print("quart_iot: the parent process ended before this worker started", file=sys.stderr)
         return 1
     if fds is not None:
         return serve_sockets(settings, fds)
