@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,15 @@ async def bursts(server: BenchServer, rounds: int, connections: int) -> list[lis
     return counts
 
 
+def wait_for_both(server: BenchServer) -> None:
+    """Until both workers serve (each logs hypercorn's "Running on" line at INFO)."""
+    deadline = time.monotonic() + 60
+    while server.log.read_text(errors="replace").count("Running on http") < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"both workers did not start; see {server.log}")
+        time.sleep(0.1)
+
+
 def busier_share(counts: list[int]) -> float:
     return max(counts) / sum(counts)
 
@@ -100,6 +110,7 @@ def wrk_shares(server: BenchServer, seconds: int) -> dict[str, dict[str, float]]
 def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     env = {"WORKERS": "2"}
     with BenchServer(directory, WORK / "workers.log", env) as server:
+        wait_for_both(server)
         counts = asyncio.run(bursts(server, args.rounds, args.connections))
         shares = sorted(busier_share(c) for c in counts)
         result: dict[str, Any] = {

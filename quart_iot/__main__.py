@@ -70,7 +70,10 @@ def listen(settings: Settings) -> list[socket.socket]:
 class StopSignals:
     """SIGTERM and SIGINT start the stop, once: later ones are ignored, also after the loop
     has closed (a terminal's Ctrl-C reaches every process of the group, and the parent passes
-    the stop on; a second signal used to kill a worker that was ending its threads)."""
+    the stop on; a second signal used to kill a worker that was ending its threads). The
+    handler is Python's, installed for the life of the process, not the loop's: the kernel
+    gives a process's signal to its main thread first, interrupting its wait for events, so
+    the handler runs at once and wakes the loop."""
 
     def __init__(self) -> None:
         self.received: int | None = None

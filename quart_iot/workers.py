@@ -41,7 +41,9 @@ def inherited_sockets() -> list[int] | None:
 
 
 def end_with_parent(parent: int) -> None:
-    """SIGTERM this process when `parent` ends, however it ends (Linux)."""
+    """SIGTERM this process when `parent` ends, however it ends (Linux; elsewhere nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
