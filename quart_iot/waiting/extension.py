@@ -10,6 +10,7 @@ from aioprometheus.collectors import Gauge
 from quart import Quart, Response, current_app, request
 
 from quart_iot.errors import ApiError
+from quart_iot.metrics import Metrics
 from quart_iot.oidc.errors import Unauthorized
 from quart_iot.settings import Settings
 from quart_iot.shutdown import GracefulStop
@@ -55,7 +56,7 @@ class Waiting:
         self._gauge = Gauge(
             "iot_waiting_requests",
             "Requests held open: long polls (kind=long_poll) and event streams (kind=events).",
-            registry=app.extensions["metrics"].registry,
+            registry=Metrics.of(app).registry,
         )
         self._count("long_poll", 0)
         self._count("events", 0)
