@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
 
 from quart_iot.bulk import DevicePlan, Journal, planned_status
+from quart_iot.identifiers import VERSION_PATTERN
 from quart_iot.validation import MODEL_CODE_PATTERN
 
 HISTORY_PAGE = 50  # versions per history page unless `?limit=` says (HISTORY_MAX_VERSIONS')
@@ -146,7 +147,9 @@ class HistoryQuery(BaseModel):
 
     limit: int = Field(default=HISTORY_PAGE, ge=1, le=HISTORY_PAGE_MAX)
     before: str | None = Field(
-        default=None, description="A version id: the page holds versions older than it"
+        default=None,
+        pattern=f"^{VERSION_PATTERN}$",
+        description="A version id: the page holds versions older than it",
     )
 
 

@@ -29,6 +29,7 @@ NOT_SETTINGS = {
     "MIGRATING_FROM_FLASK": "a file name",
     "O_NOFOLLOW": "an open(2) flag",
     "O_NONBLOCK": "an open(2) flag",
+    "PR_SET_PDEATHSIG": "a prctl(2) option",
     "RACY_NS": "a constant of the store",
     "RLIMIT_NOFILE": "a resource limit",
     "SO_REUSEPORT": "a socket option",

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from quart import Quart, current_app
+from quart import Quart, current_app, g, has_app_context
 
 from quart_iot.documents import Document
 from quart_iot.errors import ApiError, ShuttingDown, WriteOutlived
@@ -53,6 +53,7 @@ class ConfigStore:
         # Hear every change the store sees, whoever made it (the waiting extension).
         self.change_sinks: list[ChangeSink] = []
         self.refusing_writes = False  # the stop has begun
+        self._stop_began = float("inf")  # loop time; a write asked for before it is carried out
         self._writes: set[asyncio.Task[Any]] = set()  # writes in flight
         self._gave_up: asyncio.Future[None] | None = None  # done: the stop stops waiting
 
@@ -76,6 +77,7 @@ class ConfigStore:
         app.extensions["config_store"] = self
         app.before_serving(self._start)
         app.after_serving(self._stop)
+        app.before_request(_note_arrival)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -179,7 +181,7 @@ class ConfigStore:
         write: Callable[[], Awaitable[Outcome]],
     ) -> Outcome:
         """The one way a write happens: the stop's gate, a task of its own, its listeners."""
-        if self.refusing_writes:
+        if self.refusing_writes and _arrival() >= self._stop_began:
             refusal = ShuttingDown()
             self._tell(Written.refused(action, mac, meta, refusal))
             raise refusal
@@ -238,8 +240,11 @@ class ConfigStore:
         return len(self._writes)
 
     def refuse_writes(self) -> None:
-        """From now on every write is refused with 503 SHUTTING_DOWN."""
+        """From now on every write asked for is refused with 503 SHUTTING_DOWN. A request that
+        arrived before (its body perhaps still on its way) is in flight: its write is carried
+        out, within the stop's bound (hypercorn waits for the requests in flight)."""
         self.refusing_writes = True
+        self._stop_began = asyncio.get_running_loop().time()
 
     async def drain(self, seconds: float) -> bool:
         """Wait up to `seconds` for the writes in flight; whether they all ended."""
@@ -273,6 +278,19 @@ class ConfigStore:
         if self._writes and not await self.drain(WRITE_END_SECONDS):
             log.warning("stopping: %d write(s) still running, not awaited", len(self._writes))
         await self.backend.stop()
+
+
+async def _note_arrival() -> None:
+    """When the request arrived (every request: whether it writes is the store's to say)."""
+    g.store_request_arrived = asyncio.get_running_loop().time()
+
+
+def _arrival() -> float:
+    """When the request asking for this write arrived; a write no request asked for, now."""
+    if has_app_context() and "store_request_arrived" in g:
+        arrived: float = g.store_request_arrived
+        return arrived
+    return asyncio.get_running_loop().time()
 
 
 def current_store() -> ConfigStore:
