@@ -25,6 +25,7 @@ from quart_iot.store.search import Search, SearchCache, Selection
 # How far behind the change feed a kept answer may be to be brought up to date from it
 # (the feed keeps the last 10,000 changes; further behind, the filter is evaluated afresh).
 CATCH_UP_MAX = 10_000
+BATCH = 1000  # rows a whole evaluation reads at a time
 BACKSLASH_U0000 = "decode('5c7530303030', 'hex')"  # the six bytes `\u0000`
 
 Read = Callable[..., Awaitable[Any]]  # one row of one query (`PostgresBackend._read`)
@@ -125,10 +126,15 @@ class PostgresSearches:
 
     async def _evaluate(self, search: Search) -> bytes:
         """Every device, in the database (bounded by the statement timeout, not DB_TIMEOUT: at
-        20,000 devices it takes a second or more; one at a time, so the pool keeps the rest)."""
+        20,000 devices it takes a second or more; one at a time, so the pool keeps the rest),
+        read in batches: the documents `fields` needs are never all in memory at once."""
+        items: dict[str, bytes] = {}
         async with self._session() as conn, snapshot(conn):
             version = await conn.fetchval(LAST_CHANGE)
             query, params = select(search, macs=False)
-            rows = await conn.fetch(query, *params)
-        items = {mac: entry for mac, entry in await entries_off_the_loop(search, rows) if entry}
+            cursor = await conn.cursor(query, *params)
+            while rows := await cursor.fetch(BATCH):
+                items.update(
+                    (mac, entry) for mac, entry in await entries_off_the_loop(search, rows) if entry
+                )
         return self.cache.keep(search.key, Selection(version, items)).body
