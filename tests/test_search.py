@@ -18,6 +18,7 @@ from quart_iot.app import create_app
 from quart_iot.rql import Filter
 from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore, DirectoryBackend, Search
+from quart_iot.store.directory.backend import _evaluations as evaluations
 from quart_iot.store.directory.search import Abandoned
 from quart_iot.store.search import MAX_BYTES, MAX_SEARCHES, SearchCache, Selection
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
@@ -244,6 +245,11 @@ async def test_files_changed_by_hand_are_seen_and_odd_ones_skipped(
     (configs_dir / "02-02-03-04-05-06.json").write_text('["relay_board"]')
     (configs_dir / "03-02-03-04-05-06.json").symlink_to(configs_dir / f"{OTHER_MAC}.json")
     assert await selected(client, RELAYS) == [OTHER_MAC]
+    replacement.write_text('{"deviceModel": "relay_board",')  # no longer a usable document
+    replacement.rename(configs_dir / f"{OTHER_MAC}.json")
+    assert await selected(client, RELAYS) == []
+    write_config(configs_dir, OTHER_MAC, {"deviceModel": "relay_board"})
+    assert await selected(client, RELAYS) == [OTHER_MAC]
     (configs_dir / f"{OTHER_MAC}.json").unlink()
     assert await selected(client, RELAYS) == []
 
@@ -329,6 +335,24 @@ async def test_an_evaluation_whose_request_went_away_stops(
             searches.evaluate, Search(Filter(RELAYS), None), time.monotonic_ns(), abandoned
         )
     assert len(searches.cache) == 0
+
+
+async def test_a_search_whose_request_goes_away_stops_its_evaluation(
+    client: Client, directory_backend: DirectoryBackend
+) -> None:
+    await put(client, MAC, {"deviceModel": "relay_board"})
+    release = threading.Event()
+    busy = asyncio.ensure_future(evaluations.run(release.wait))  # the evaluations' one thread
+    asking = asyncio.ensure_future(directory_backend.search_json(Search(Filter(RELAYS), None)))
+    while evaluations._pending < 1:  # the search waits for that thread now
+        await asyncio.sleep(0.01)
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    release.set()
+    await busy
+    await evaluations.run(lambda: None)  # once the search's evaluation has had its turn
+    assert len(directory_backend.searches.cache) == 0
 
 
 async def test_a_search_with_the_directory_gone_is_503(client: Client, configs_dir: Path) -> None:
