@@ -92,7 +92,7 @@ class BenchServer:
             try:
                 with urllib.request.urlopen(f"{self.url}/api/health/live", timeout=1):
                     return
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, OSError):  # refused, or queued while workers start
                 time.sleep(0.1)
         raise RuntimeError(f"the server did not start in {timeout} s; see {self.log}")
 

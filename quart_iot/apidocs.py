@@ -1,10 +1,11 @@
 """API docs extension: the OpenAPI document and a Swagger UI served from a package, not a CDN."""
 
+import html
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from quart import Quart, ResponseReturnValue, abort, send_from_directory
+from quart import Quart, Response, ResponseReturnValue, abort, send_from_directory
 from quart_schema import DataSource, Info, QuartSchema, document_response, hide
 from quart_schema.openapi import OpenAPIProvider
 from swagger_ui_bundle import swagger_ui_path
@@ -15,6 +16,32 @@ from quart_iot.store import MAC_PATTERN, VERSION_PATTERN
 
 DOCS_PATH = "/api/docs"
 ASSETS = {"swagger-ui-bundle.js", "swagger-ui.css"}
+# A complete HTML document (quart-schema's page has no doctype, no <html>, no charset).
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>{title}</title>
+  <link rel="stylesheet" href="{docs}/assets/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="{docs}/assets/swagger-ui-bundle.js"></script>
+  <script>
+    SwaggerUIBundle({{
+      url: "{docs}/openapi.json",
+      dom_id: "#swagger-ui",
+      deepLinking: true,
+      layout: "BaseLayout",
+      presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
+      showExtensions: true,
+      showCommonExtensions: true
+    }});
+  </script>
+</body>
+</html>
+"""
 # What a <mac_address> accepts (any case), so clients and fuzzers know it before they ask.
 MAC_SCHEMA = {
     "type": "string",
@@ -72,9 +99,10 @@ class ApiDocs:
     """Extension: quart-schema with the docs under /api/docs and Swagger UI's files local."""
 
     def __init__(self, title: str, version: str) -> None:
+        self.page = PAGE.format(title=html.escape(title), docs=DOCS_PATH)
         self.schema = QuartSchema(
             openapi_path=f"{DOCS_PATH}/openapi.json",
-            swagger_ui_path=DOCS_PATH,
+            swagger_ui_path=None,  # our page, below
             redoc_ui_path=None,
             scalar_ui_path=None,
             openapi_provider_class=_OpenAPIProvider,
@@ -89,9 +117,13 @@ class ApiDocs:
         self.schema.init_app(app)
         app.json.sort_keys = False  # type: ignore[attr-defined]  # key order is part of a document
         app.json.ensure_ascii = False  # type: ignore[attr-defined]
-        app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = f"{DOCS_PATH}/assets/swagger-ui-bundle.js"
-        app.config["QUART_SCHEMA_SWAGGER_CSS_URL"] = f"{DOCS_PATH}/assets/swagger-ui.css"
+        app.add_url_rule(DOCS_PATH, "docs", self.docs)
         app.add_url_rule(f"{DOCS_PATH}/assets/<name>", "docs_asset", self.asset)
+
+    @hide
+    async def docs(self) -> Response:
+        """Swagger UI, reading the OpenAPI document."""
+        return Response(self.page, content_type="text/html; charset=utf-8")
 
     @hide
     async def asset(self, name: str) -> ResponseReturnValue:

@@ -10,7 +10,7 @@ from quart_iot.audit import Audit
 from quart_iot.blueprints import configs, health, history
 from quart_iot.correlation import HEADER, CorrelationIds
 from quart_iot.errors import register_error_handlers
-from quart_iot.hosts import AllowedHosts
+from quart_iot.hosts import AllowedHosts, HostCheckedQuart
 from quart_iot.jsonrequest import StrictJSONRequest
 from quart_iot.logs import configure_logging
 from quart_iot.metrics import Metrics
@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     """Build the app from explicit settings (or the environment)."""
     settings = settings or load_settings()
     configure_logging(settings.log_level)
-    app = Quart(__name__)
+    app = HostCheckedQuart(__name__)  # Quart, answering a Host werkzeug cannot route (hosts.py)
     app.config.update(
         DEBUG=settings.debug,
         SECRET_KEY=settings.secret_key,

@@ -4,9 +4,9 @@ import logging
 from typing import Any
 
 from pydantic import ValidationError
-from quart import Quart, Response, g, jsonify, request
+from quart import Quart, Response, g, jsonify
 from quart_schema import RequestSchemaValidationError
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from quart_iot.correlation import current_correlation_id
 
@@ -43,6 +43,12 @@ class InvalidMac(ApiError):
             "Invalid MAC address: expected six pairs of hex digits joined by '-', "
             "like aa-bb-cc-dd-ee-ff"
         )
+
+
+class InvalidPath(ApiError):
+    """A path under /api/configs/ that no route takes, past a valid MAC address."""
+
+    status, code = 400, "INVALID_OPERATION"
 
 
 class InvalidBody(ApiError):
@@ -247,6 +253,17 @@ class HostNotAllowed(ApiError):
         )
 
 
+class InvalidHost(ApiError):
+    # RFC 9112 3.2: a Host with an invalid value is a 400.
+    status, code = 400, "INVALID_HOST"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The Host header is not a valid host: an IP address, or a DNS name whose labels "
+            "are 1 to 63 letters, digits, hyphens or underscores"
+        )
+
+
 class StorageUnavailable(ApiError):
     status, code = 503, "STORAGE_UNAVAILABLE"
 
@@ -343,7 +360,8 @@ def error_response(error: ApiError) -> Response:
     return response
 
 
-async def _api_error(error: ApiError) -> Response:
+async def handle_api_error(error: ApiError) -> Response:
+    """The answer to an ApiError, logged on one line (no stack trace: the client's error)."""
     log.info("%s %s: %s", error.status, error.code, error.message)
     return error_response(error)
 
@@ -356,16 +374,15 @@ async def _validation_error(error: RequestSchemaValidationError) -> Response:
         else [{"loc": [], "msg": str(cause), "type": "value_error"}]
     )
     items = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
-    return await _api_error(InvalidBody("The request body is invalid", {"errors": items}))
+    return await handle_api_error(InvalidBody("The request body is invalid", {"errors": items}))
 
 
-async def _http_error(error: HTTPException) -> Response:
+async def handle_http_error(error: HTTPException) -> Response:
+    """The answer to werkzeug's errors (a path under /api/configs/ that no route takes is
+    named by blueprints/history.py instead)."""
     status = error.code or 500
-    if isinstance(error, NotFound) and request.path.startswith("/api/configs/"):
-        # An encoded slash or `..` in a MAC splits the path: still a bad identifier.
-        return await _api_error(InvalidMac())
     code, message = _HTTP_CODES.get(status, (f"HTTP_{status}", error.name))
-    response = await _api_error(ApiError(message, status=status, code=code))
+    response = await handle_api_error(ApiError(message, status=status, code=code))
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
     return response
@@ -378,7 +395,7 @@ async def _unexpected_error(error: Exception) -> Response:
 
 def register_error_handlers(app: Quart) -> None:
     """Route every error, whatever raised it, to the one JSON error body."""
-    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(ApiError, handle_api_error)
     app.register_error_handler(RequestSchemaValidationError, _validation_error)
-    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, _unexpected_error)

@@ -4,7 +4,7 @@ import time
 from importlib.metadata import version
 
 import anyio.to_thread
-from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
+from aioprometheus.collectors import Collector, Counter, Gauge, Histogram, Registry
 from aioprometheus.renderer import render
 from quart import Quart, Response, current_app, g, request
 from quart_schema import hide
@@ -87,6 +87,13 @@ class Metrics:
         app.after_request(self._record)
         app.add_url_rule("/metrics", "metrics", self.scrape, methods=["GET"])
 
+    @classmethod
+    def of(cls, app: Quart) -> "Metrics":
+        """The app's Metrics (other extensions register their series in its registry)."""
+        metrics = app.extensions["metrics"]
+        assert isinstance(metrics, cls)
+        return metrics
+
     async def _start_timer(self) -> None:
         g.metrics_started = time.perf_counter()
         storagetime.start()
@@ -118,7 +125,7 @@ class Metrics:
         try:
             count = await store.count()
         except StorageUnavailable:
-            self.files.values.pop({}, None)  # unknown: no sample, rather than a stale one
+            drop_sample(self.files, {})  # unknown: no sample, rather than a stale one
             self.storage_up.set({}, 0)
         else:
             self.files.set({}, count)
@@ -133,6 +140,17 @@ class Metrics:
             self.history_versions.set({}, stats.versions_kept)
             self.history_bytes.set({}, stats.history_bytes)
         self.history_pruned.set({}, stats.pruned)
+
+
+def drop_sample(collector: Collector, labels: dict[str, str]) -> None:
+    """Remove one sample from a collector, so that a scrape shows none rather than a stale one.
+
+    aioprometheus has no public way to (a collector can only set values), so this pops from
+    `Collector.values`, its internal MetricDict; tests/test_server_dependencies.py fails if
+    that changes. Upstream feature that would remove it: a `Collector.remove(labels)`, as
+    prometheus_client's `remove`.
+    """
+    collector.values.pop(labels, None)
 
 
 def route_label() -> str:

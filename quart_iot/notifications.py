@@ -15,7 +15,6 @@ import logging
 import secrets
 import ssl
 from dataclasses import dataclass
-from typing import cast
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -103,7 +102,7 @@ class Notifications:
         app.extensions["notifications"] = self
         if self.broker is None:
             return
-        self._register_metrics(cast(Metrics, app.extensions["metrics"]))
+        self._register_metrics(Metrics.of(app))
         ConfigStore.of(app).write_listeners.append(self._written)
         app.before_serving(self._start)
         app.after_serving(self._stop)

@@ -1,17 +1,21 @@
 """Run the real service (`python -m quart_iot`) in its own process group, for end-to-end tests."""
 
+import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+ESTABLISHED, LISTEN = "01", "0A"  # states in /proc/net/tcp
 
 
 def free_port() -> int:
@@ -46,7 +50,7 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="quart_iot-server-", suffix=".log")[1])
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [*self.wrapper, sys.executable, "-m", "quart_iot"],
@@ -64,6 +68,7 @@ class Server:
                     return
             except httpx.TransportError:
                 time.sleep(0.05)
+        self.kill()  # not left running behind the failed test
         raise RuntimeError("server did not start in time")
 
     def kill(self) -> None:
@@ -81,6 +86,8 @@ class Server:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        with contextlib.suppress(ProcessLookupError):  # whatever outlived it (none should)
+            os.killpg(self.process.pid, signal.SIGKILL)
         return self.process.returncode
 
     def stderr(self) -> str:
@@ -98,3 +105,83 @@ def running_server(directory: Path, **env: str) -> Iterator[Server]:
     finally:
         server.stop()
         server.log.unlink(missing_ok=True)
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(child) for child in path.read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, ended but not reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process `pid` holds."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if match := re.fullmatch(r"socket:\[(\d+)\]", target):
+            inodes.add(match.group(1))
+    return inodes
+
+
+def tcp_sockets(state: str, port: int, remote_port: int | None = None) -> set[str]:
+    """Inodes of the TCP sockets in `state` on local `port` (and `remote_port`, if given)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+            if fields[3] == state and local == port and remote_port in (None, remote):
+                inodes.add(fields[9])
+    return inodes
+
+
+def send_queue(port: int, remote_port: int) -> int:
+    """Bytes the kernel holds, sent but not yet acknowledged (or not sent for want of window),
+    on the server's end (local `port`) of the connection from `remote_port`."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+            if (local, remote) == (port, remote_port):
+                return int(fields[4].split(":")[0], 16)
+    return 0
+
+
+def open_file_limits(pid: int) -> tuple[str, str]:
+    """The soft and hard limits of open files of process `pid`."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return soft, hard
+    raise AssertionError(f"no open-file limit for {pid}")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds (AssertionError naming `what` after `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)

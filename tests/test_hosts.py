@@ -1,3 +1,5 @@
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,51 @@ async def test_the_host_is_refused_before_the_route_or_the_body_is_looked_at(
     assert bad_mac_bad_body.status_code == unknown_route.status_code == 421
 
 
+# Werkzeug cannot route these (an empty or over-long label): hypercorn's empty 500 before.
+NOT_HOSTS = [
+    "a..b",
+    ".",
+    "..",
+    "a..",
+    "a..b:3201",
+    "a" * 64 + ".example",
+    ".".join(["abcdefghi"] * 26),  # 259 characters: longer than a DNS name can be
+]
+
+
+@pytest.mark.parametrize("host", NOT_HOSTS)
+@pytest.mark.parametrize("allowed", [[], ["*"]])
+async def test_a_host_that_is_no_host_name_is_a_400_counted_and_logged_once(
+    configs_dir: Path, caplog: pytest.LogCaptureFixture, host: str, allowed: list[str]
+) -> None:
+    settings = Settings(esp32_configs_dir=configs_dir, allowed_hosts=allowed, _env_file=None)
+    app = create_app(settings)
+    caplog.set_level(logging.INFO)
+    async with app.test_app():
+        client = app.test_client()
+        response = await client.get("/api/configs", headers={"Host": host})
+        assert response.status_code == 400
+        body = await response.get_json()
+        assert body["code"] == "INVALID_HOST"
+        assert body["status"] == 400
+        assert body["correlationId"] == response.headers["X-Request-ID"]
+        logged = [r for r in caplog.records if r.name.startswith("quart_iot")]
+        assert [r.levelname for r in logged] == ["INFO"]
+        assert logged[0].exc_info is None
+        scrape = await (await client.get("/metrics")).get_data(as_text=True)
+    assert re.search(
+        r'\nhttp_requests_total\{method="GET",route="[^"]+",status="400"\} 1\n', scrape
+    )
+
+
+@pytest.mark.parametrize(
+    "host", ["a" * 63 + ".example", "under_score.example", "x-1.example.", ".".join(["a"] * 127)]
+)
+async def test_long_names_within_the_limits_are_hosts(client: Client, host: str) -> None:
+    response = await client.get("/api/configs", headers={"Host": host})
+    assert response.status_code == 421  # a host, not one of ours
+
+
 @pytest.fixture
 async def configured(configs_dir: Path) -> Quart:
     settings = Settings(
@@ -109,6 +156,8 @@ def test_the_real_server_refuses_a_rebound_host_with_the_json_error(configs_dir:
             host=b"attacker.example:" + str(server.port).encode(),
         )
         assert_error_body(refused, 421, "HOST_NOT_ALLOWED")
+        no_host = raw_request(server.port, "PUT", f"/api/configs/{MAC}".encode(), host=b"a..b")
+        assert_error_body(no_host, 400, "INVALID_HOST")
         assert list(configs_dir.iterdir()) == []
         allowed = raw_request(
             server.port,

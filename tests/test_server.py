@@ -1,7 +1,5 @@
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -9,7 +7,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import MAC
-from tests.server import Server, free_port, running_server
+from tests.server import Server, running_server
 
 
 def test_real_server_serves_the_contract(tmp_path: Path) -> None:
@@ -56,32 +54,3 @@ def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
     assert results == [200]
     assert json.loads((tmp_path / f"{MAC}.json").read_text())["blob"] == "x" * 10_000
     server.log.unlink()
-
-
-def test_hypercorn_can_serve_the_factory(tmp_path: Path) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hypercorn",
-            "quart_iot.app:create_app()",
-            "-b",
-            f"127.0.0.1:{port}",
-        ],
-        env={"ESP32_CONFIGS_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        assert response.status_code == 200
-    finally:
-        process.terminate()
-        process.wait(timeout=15)

@@ -4,11 +4,13 @@ the deleted devices."""
 import json
 from typing import Any
 
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 from quart_schema import document_headers, document_response, tag_blueprint, validate_querystring
+from werkzeug.exceptions import NotFound
 
 from quart_iot.apidocs import document_errors
 from quart_iot.blueprints.configs import detail_response, precondition, saved_response
+from quart_iot.errors import ApiError, InvalidPath, handle_api_error, handle_http_error
 from quart_iot.models import (
     ConditionalHeaders,
     ConfigDetail,
@@ -21,11 +23,13 @@ from quart_iot.models import (
     SavedHeaders,
 )
 from quart_iot.oidc import writer_subject
-from quart_iot.store import WriteMeta, current_store
+from quart_iot.store import WriteMeta, canonical_mac, current_store
+from quart_iot.store.records import check_version
 
 blueprint = Blueprint("history", __name__)
 tag_blueprint(blueprint, ["history"])
 
+CONFIGS = "/api/configs/"
 VERSION = "/api/configs/<mac_address>/history/<version>"
 DELETED = "/api/configs/deleted"
 
@@ -81,3 +85,26 @@ async def restore_version(mac_address: str, version: str) -> Response:
 def json_response(body: Any) -> Response:
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     return Response(data, content_type="application/json")
+
+
+@blueprint.app_errorhandler(NotFound)
+async def unknown_path(error: NotFound) -> Response:
+    """A path under /api/configs/ that no route takes (an encoded slash or `..` splits a MAC or
+    a version into more segments) is a bad identifier: 400, naming the part that is wrong."""
+    if not request.path.startswith(CONFIGS):
+        return await handle_http_error(error)
+    return await handle_api_error(wrong_part(request.path.removeprefix(CONFIGS).split("/")))
+
+
+def wrong_part(parts: list[str]) -> ApiError:
+    """The error for the first of the path's parts (after /api/configs/) that is wrong."""
+    try:
+        mac = canonical_mac(parts[0])
+        if parts[1:2] != ["history"]:
+            return InvalidPath(f"Invalid path: config {mac} has nothing but /history under it")
+        check_version(parts[2] if len(parts) > 2 else "")
+    except ApiError as error:
+        return error
+    return InvalidPath(
+        f"Invalid path: a version of config {mac} has nothing but /diff and /restore under it"
+    )

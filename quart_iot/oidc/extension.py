@@ -56,9 +56,7 @@ class AccessControl:
         self.policy = Policy(self.settings)
         self.tickets = StreamTickets(self.settings.secret_key)
         self._warn_if_plain_http()
-        metrics = app.extensions["metrics"]
-        assert isinstance(metrics, Metrics)
-        registry = metrics.registry
+        registry = Metrics.of(app).registry
         self.decisions = Counter(
             "iot_auth_decisions_total", "Access decisions by result and reason.", registry=registry
         )
