@@ -36,12 +36,18 @@ def peak_memory(pid: int) -> int:
 
 
 class BenchServer:
-    """`python -m quart_iot` on a loopback port serving `directory`, logging to `log`."""
+    """`python -m quart_iot` on a loopback port serving `directory` (None: the store `env`
+    names, DATABASE_URL), logging to `log`."""
 
-    def __init__(self, directory: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, directory: Path | None, log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "ESP32_CONFIGS_DIR": str(directory), "PORT": str(self.port)}
+        self.env = {**os.environ, "PORT": str(self.port)}
+        self.env.pop("ESP32_CONFIGS_DIR", None)
+        if directory is not None:
+            self.env["ESP32_CONFIGS_DIR"] = str(directory)
         self.env.update(env or {})
         self.env.pop("LOG_LEVEL", None)  # the deployed default
         self.log = log

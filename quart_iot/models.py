@@ -31,11 +31,41 @@ class ConfigDetail(ConfigSummary):
     content: dict[str, Any]
 
 
-class ConfigList(BaseModel):
-    """Every usable config, sorted by MAC address."""
+class ConfigListEntry(ConfigSummary):
+    """One device in the list; with `fields=`, the values asked for."""
 
-    configs: list[ConfigSummary]
+    fields: dict[str, Any] | None = Field(
+        default=None,
+        description="Only with `fields=`: each property asked for, keyed as written, with the "
+        "device's value there (an object or array whole), null where it has none",
+        examples=[{"mqtt/host": "broker.lan", "enableOTA": True}],
+    )
+
+
+class ConfigList(BaseModel):
+    """Every usable config (or those the filter selects), sorted by MAC address."""
+
+    configs: list[ConfigListEntry]
     count: int
+
+
+class ConfigListQuery(BaseModel):
+    """Fleet search: which devices the list holds, and which of their values it shows.
+    Without either, the list of every device, as ever; other parameters are ignored."""
+
+    filter: str | None = Field(
+        default=None,
+        description="An RQL filter (a subset of Eclipse Ditto's; docs/API.md, \"Searching the "
+        'fleet"): only the devices it selects are listed. Malformed: 400 INVALID_FILTER, with '
+        "the position of the error in `details`",
+        examples=['and(eq(deviceModel,"relay_board"),ne(mqtt/host,"broker.lan"))'],
+    )
+    fields: str | None = Field(
+        default=None,
+        description="Comma-separated properties (`mqtt/host,enableOTA`, `mac_address`): each "
+        "entry gains a `fields` object with their values. Malformed: 400 INVALID_FIELDS",
+        examples=["mqtt/host,enableOTA"],
+    )
 
 
 class ConfigSave(BaseModel):

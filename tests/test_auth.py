@@ -241,6 +241,20 @@ async def test_the_history_records_who_wrote_each_version_and_from_which_claim(
     assert " by sub:operator client_id:operator " in audit[0]
 
 
+async def test_search_needs_the_read_role_and_a_token_comes_before_the_filter(
+    server: Server, tokens: dict[str, str]
+) -> None:
+    query = {"filter": f'eq(mac_address,"{MAC}")', "fields": "deviceName"}
+    found = await call(server, "GET", "/api/configs", tokens["reader"], params=query)
+    assert found.status_code == 200
+    assert [entry["fields"] for entry in found.json()["configs"]] == [{"deviceName": "a"}]
+    for client in ("device-a", "norole"):
+        refused = await call(server, "GET", "/api/configs", tokens[client], params=query)
+        assert_refused(refused, 403, "FORBIDDEN")
+    malformed = await call(server, "GET", "/api/configs", params={"filter": "eq("})
+    assert_refused(malformed, 401, "UNAUTHORIZED")
+
+
 async def test_a_token_without_a_role_is_forbidden(server: Server, tokens: dict[str, str]) -> None:
     response = await call(server, "GET", "/api/configs", tokens["norole"])
     body = assert_refused(response, 403, "FORBIDDEN")

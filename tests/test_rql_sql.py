@@ -1,91 +1,56 @@
 """The filter's SQL on a real PostgreSQL selects exactly the devices the Python predicate does.
 
-A throw-away cluster (Debian's postgresql 15: initdb and pg_ctl, unprivileged when run as
-root, listening on a socket in its own temporary directory) is started once for this module.
-tests/pg.py of the PostgreSQL store will replace this local fixture when the branches merge.
+Two databases of the session's cluster (tests/pg.py): one sorting as C, the other as ICU's
+English, so that the default collation is seen not to matter.
 """
 
 import asyncio
+import itertools
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
 
 from quart_iot.rql import Filter
 from quart_iot.rql.sql import to_sql
+from tests.pg import Cluster
 from tests.rql_cases import DOCUMENTS, FILTERS
 
-PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 TABLE = "CREATE TABLE documents (mac text PRIMARY KEY, content jsonb NOT NULL)"
-
-
-def _as_postgres_user(command: list[str]) -> list[str]:
-    if os.geteuid() != 0:
-        return command
-    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
-
-
-def _run(command: list[str]) -> None:
-    done = subprocess.run(_as_postgres_user(command), capture_output=True, text=True, check=False)
-    if done.returncode:
-        pytest.fail(f"{command[0]} failed: {done.stdout}{done.stderr}")
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    """The socket directory of a fresh cluster (user postgres, database postgres)."""
-    if not (PG_BIN / "initdb").exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not installed ({PG_BIN}/initdb is missing)")
-        pytest.skip(f"PostgreSQL is not installed ({PG_BIN}/initdb is missing)")
-    directory = Path(tempfile.mkdtemp(prefix="rql-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(directory, "nobody", "nogroup")
-    data = str(directory / "data")
-    init = [str(PG_BIN / "initdb"), "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"]
-    _run([*init, "-E", "UTF8", "--locale=C.UTF-8"])
-    options = f"-c listen_addresses='' -k {directory} -c fsync=off"
-    _run([str(PG_BIN / "pg_ctl"), "-D", data, "-o", options, "-l", f"{data}/log", "-w", "start"])
-    try:
-        yield str(directory)
-    finally:
-        stop = [str(PG_BIN / "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"]
-        subprocess.run(_as_postgres_user(stop), check=False, capture_output=True)
-        shutil.rmtree(directory, ignore_errors=True)
-
+_names = itertools.count(1)
 
 # The default collation must not matter (strings are ordered by code point, as in Python):
 # one database sorts as C, the other as ICU's English ("a" < "Z" there).
 DATABASES = {
-    "c": "CREATE DATABASE c TEMPLATE template0 LOCALE 'C.UTF-8'",
-    "icu": "CREATE DATABASE icu TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+    "c": "CREATE DATABASE \"{}\" TEMPLATE template0 LOCALE 'C.UTF-8'",
+    "icu": "CREATE DATABASE \"{}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
     "LOCALE 'C.UTF-8'",
 }
 
 
-async def _create_databases(socket_dir: str) -> None:
-    admin = await asyncpg.connect(host=socket_dir, user="postgres", database="postgres")
+async def _admin(cluster: Cluster, statements: list[str]) -> None:
+    admin = await asyncpg.connect(cluster.admin_url)
     try:
-        for statement in DATABASES.values():
+        for statement in statements:
             await admin.execute(statement)
     finally:
         await admin.close()
 
 
 @pytest.fixture(scope="module")
-def databases(postgres: str) -> str:
-    asyncio.run(_create_databases(postgres))
-    return postgres
+def databases(pg_cluster: Cluster) -> Iterator[dict[str, str]]:
+    """The URL of each database, by its kind (dropped after the module)."""
+    names = {kind: f"rql_{kind}_{os.getpid()}_{next(_names)}" for kind in DATABASES}
+    asyncio.run(_admin(pg_cluster, [DATABASES[kind].format(name) for kind, name in names.items()]))
+    yield {kind: pg_cluster.url(name) for kind, name in names.items()}
+    drops = [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in names.values()]
+    asyncio.run(_admin(pg_cluster, drops))
 
 
-async def _selections(socket_dir: str, database: str) -> dict[str, set[str]]:
-    connection = await asyncpg.connect(host=socket_dir, user="postgres", database=database)
+async def _selections(url: str) -> dict[str, set[str]]:
+    connection = await asyncpg.connect(url)
     try:
         await connection.execute(TABLE)
         rows = [(mac, json.dumps(content)) for mac, content in DOCUMENTS.items()]
@@ -102,12 +67,14 @@ async def _selections(socket_dir: str, database: str) -> dict[str, set[str]]:
 
 
 @pytest.fixture(scope="module", params=sorted(DATABASES))
-def selected_by_sql(databases: str, request: pytest.FixtureRequest) -> dict[str, set[str]]:
-    return asyncio.run(_selections(databases, request.param))
+def selected_by_sql(
+    databases: dict[str, str], request: pytest.FixtureRequest
+) -> dict[str, set[str]]:
+    return asyncio.run(_selections(databases[request.param]))
 
 
-async def _sorted_by_default_collation(socket_dir: str) -> list[str]:
-    connection = await asyncpg.connect(host=socket_dir, user="postgres", database="icu")
+async def _sorted_by_default_collation(url: str) -> list[str]:
+    connection = await asyncpg.connect(url)
     try:
         rows = await connection.fetch("SELECT x FROM unnest(ARRAY['a', 'Z']) x ORDER BY x")
         return [row["x"] for row in rows]
@@ -115,8 +82,8 @@ async def _sorted_by_default_collation(socket_dir: str) -> list[str]:
         await connection.close()
 
 
-def test_the_icu_database_sorts_otherwise_than_code_points(databases: str) -> None:
-    assert asyncio.run(_sorted_by_default_collation(databases)) == ["a", "Z"]
+def test_the_icu_database_sorts_otherwise_than_code_points(databases: dict[str, str]) -> None:
+    assert asyncio.run(_sorted_by_default_collation(databases["icu"])) == ["a", "Z"]
 
 
 @pytest.mark.parametrize("text", FILTERS)

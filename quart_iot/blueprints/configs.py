@@ -5,6 +5,7 @@ from quart_schema import (
     document_headers,
     document_response,
     tag_blueprint,
+    validate_querystring,
     validate_request,
 )
 from werkzeug.exceptions import MethodNotAllowed
@@ -15,6 +16,7 @@ from quart_iot.models import (
     ConditionalHeaders,
     ConfigDetail,
     ConfigList,
+    ConfigListQuery,
     ConfigSave,
     DeviceDocument,
     ETagHeader,
@@ -22,7 +24,7 @@ from quart_iot.models import (
     SavedHeaders,
 )
 from quart_iot.oidc import token_expiry, writer_subject
-from quart_iot.store import Precondition, Saved, StoredConfig, WriteMeta, current_store
+from quart_iot.store import Precondition, Saved, Search, StoredConfig, WriteMeta, current_store
 from quart_iot.waiting import current_waiting, event_stream_response
 
 blueprint = Blueprint("configs", __name__)
@@ -55,11 +57,15 @@ async def read_only_allow(response: Response) -> Response:
 
 
 @blueprint.get("/api/configs")
+@validate_querystring(ConfigListQuery)
 @document_response(ConfigList)
-@document_errors(503)
-async def list_configs() -> Response:
-    """List every device config, sorted by MAC address."""
-    return Response(await current_store().list_json(), content_type="application/json")
+@document_errors(400, 503)
+async def list_configs(query_args: ConfigListQuery) -> Response:
+    """List the device configs, sorted by MAC address: every one, or those a filter selects."""
+    search = Search.of(query_args.filter, query_args.fields)
+    store = current_store()
+    body = await (store.list_json() if search is None else store.search_json(search))
+    return Response(body, content_type="application/json")
 
 
 @blueprint.get("/api/configs/<mac_address>")

@@ -4,6 +4,7 @@ Quart extension, `ConfigStore` (extension.py), which every route speaks to.
 - `backend`: the interface every store implements, and the values it returns;
 - `records`: the values every store shares (MACs, version ids, stored documents, conditions);
 - `events`: `Written`, how a write of this process ended, for its listeners;
+- `search`: fleet search's parts every store shares (a search, its entries, the answers' cache);
 - `extension`: ConfigStore, the async API the routes call, the same for every store;
 - `directory/`: the directory store (blocking file code run in worker threads).
 """
@@ -26,6 +27,7 @@ from quart_iot.store.records import (
     StoredConfig,
     canonical_mac,
 )
+from quart_iot.store.search import Search
 
 __all__ = [
     "MAC_PATTERN",
@@ -38,6 +40,7 @@ __all__ = [
     "DirectoryBackend",
     "Precondition",
     "Saved",
+    "Search",
     "StorageStats",
     "StoredConfig",
     "WriteMeta",

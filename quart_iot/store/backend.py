@@ -17,6 +17,7 @@ from quart_iot.documents import Document
 from quart_iot.errors import WriteNotConfirmed
 from quart_iot.models import StorageState
 from quart_iot.store.records import Precondition, StoredConfig
+from quart_iot.store.search import Search
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,14 @@ class Backend(Protocol):
 
     async def deleted(self) -> list[dict[str, Any]]:
         """Devices whose document is gone but whose history remains."""
+
+    # -- fleet search (issue 21) -------------------------------------------------------------
+
+    async def search_json(self, search: Search) -> bytes:
+        """The list body of the devices the search selects, `{"configs": [...], "count": n}`
+        with each device's `search.entry`, sorted by MAC, as of now (read-your-writes on
+        every replica), from a `search.SearchCache` kept up to date by evaluating only the
+        devices changed since its answer was made."""
 
     # -- the change feed ---------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from quart_iot.store.backend import (
 from quart_iot.store.directory.backend import DirectoryBackend
 from quart_iot.store.events import WriteAction, Written
 from quart_iot.store.records import Precondition, StoredConfig, canonical_mac, check_version
+from quart_iot.store.search import Search
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,10 @@ class ConfigStore:
     async def list_json(self) -> bytes:
         """The list response body, `{"configs": [...], "count": n}`."""
         return await self.backend.list_json()
+
+    async def search_json(self, search: Search) -> bytes:
+        """A filtered list body: the entries of the devices the search selects."""
+        return await self.backend.search_json(search)
 
     async def count(self) -> int:
         """How many usable configs the store holds now."""

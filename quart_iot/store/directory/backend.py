@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -31,10 +32,12 @@ from quart_iot.store.directory.index import Index
 from quart_iot.store.directory.lock import WriteLock
 from quart_iot.store.directory.outage import storage_errors
 from quart_iot.store.directory.retention import Retention
+from quart_iot.store.directory.search import DirectorySearches
 from quart_iot.store.directory.sweeper import Sweeper
 from quart_iot.store.directory.versions import Shelves
 from quart_iot.store.directory.writes import Writer
 from quart_iot.store.records import Precondition, StoredConfig
+from quart_iot.store.search import Search
 
 DEFAULT_MAX_BYTES = 1024 * 1024  # MAX_CONTENT_LENGTH's default: the body and the file limit
 DEFAULT_LOCK_TIMEOUT = 5.0
@@ -50,11 +53,16 @@ R = TypeVar("R")
 _reads = BatchedThreads()
 _lists = BatchedThreads(workers=1)
 _writes = BatchedThreads()
+# Searches apart from lists: answers from the cache in one thread, and evaluations over every
+# document (a second or more at 20,000) one at a time in another, each answered when done.
+_searches = BatchedThreads(workers=1)
+_evaluations = BatchedThreads(workers=1, batch=1)
 
 
 def stop_worker_threads(timeout: float | None = None) -> bool:
     """End the worker threads once their calls are done (a write in progress ends first)."""
-    ended = [pool.close(timeout) for pool in (_writes, _lists, _reads)]  # each, not the first
+    pools = (_writes, _lists, _reads, _searches, _evaluations)
+    ended = [pool.close(timeout) for pool in pools]  # each, not the first
     return all(ended)
 
 
@@ -79,6 +87,7 @@ class DirectoryBackend:
         self.retention = Retention(shelves, history_max_versions, history_max_days)
         self.history = History(shelves, self.retention)
         self.catalogue = Catalogue(shelves)
+        self.searches = DirectorySearches(self.directory, self.index)
         self.writer = Writer(self.directory, self.lock, self.index, self.history)
         self.sweeper = Sweeper(
             self.directory, self.index, self.retention, self.lock, self.writer.outage
@@ -164,6 +173,21 @@ class DirectoryBackend:
     def _history_read(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         with storage_errors("read of the history", self.index.outage):
             return func(*args, **kwargs)
+
+    # -- fleet search ------------------------------------------------------------------------
+
+    async def search_json(self, search: Search) -> bytes:
+        arrived = time.monotonic_ns()
+        found = await _searches.run(timed(partial(self.searches.answer, search, arrived)))
+        if found is not None:
+            return found
+        abandoned = threading.Event()
+        evaluate = partial(self.searches.evaluate, search, arrived, abandoned)
+        try:
+            return await _evaluations.run(timed(evaluate))
+        except asyncio.CancelledError:
+            abandoned.set()  # its client went away: the evaluation stops where it is
+            raise
 
     # -- the change feed ---------------------------------------------------------------------
 

@@ -42,8 +42,9 @@ Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 class BatchedThreads:
     """A small pool of threads, started on demand."""
 
-    def __init__(self, workers: int = WORKERS) -> None:
+    def __init__(self, workers: int = WORKERS, batch: int = BATCH) -> None:
         self._workers = workers
+        self._batch = batch  # 1: each call answered as soon as it is done (long calls)
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()  # None: wake to end
         self._lock = threading.Lock()  # guards the fields below
         self._pending = 0  # calls queued and not yet taken by a worker
@@ -95,7 +96,7 @@ class BatchedThreads:
             first = None
         batch = [] if first is None else [first]
         with contextlib.suppress(queue.Empty):
-            while batch and len(batch) < BATCH:
+            while batch and len(batch) < self._batch:
                 call = self._calls.get_nowait()
                 if call is None:  # a wake-up for another worker: theirs to end, once we are done
                     self._calls.put(None)

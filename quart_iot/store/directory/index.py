@@ -7,11 +7,13 @@ one never replaces a newer one.
 """
 
 import contextlib
+import itertools
 import logging
 import os
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 # Timestamps move in coarse ticks, and replicas' clocks differ a little: a directory or file
 # changed this recently may change again without its mtime moving, so it is not trusted yet.
 RACY_NS = 2_000_000_000
+# The names whose ETag changed last, in order (the search cache brings a filter's answer up to
+# date from them); a cache further behind evaluates its filter afresh.
+CHANGES_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,8 @@ class Index:
         self._primed = False  # a full scan happened: a name not in the index now is new
         self._body: bytes | None = None
         self._count = 0
+        self._generation = 0  # ETag changes seen (a name coming, going or changing)
+        self._changes: deque[str] = deque(maxlen=CHANGES_KEPT)  # the names of the last ones
 
     # -- the list ------------------------------------------------------------------------
 
@@ -122,6 +129,7 @@ class Index:
                 # A name saved after the scan began may be missing from it: not gone.
                 if self._entries[name].read_at < started:
                     if self._entries.pop(name).etag is not None:
+                        self._changed(name)
                         self._saw_change(name, None)
                     self._body = None
             self._scanned_at = started
@@ -259,6 +267,8 @@ class Index:
             self._entries[name] = entry
             if old is None or old.summary_json != entry.summary_json:
                 self._body = None
+            if (old.etag if old else None) != entry.etag:
+                self._changed(name)
         # Before the first scan, a name new to the index is news only when we wrote it.
         news = old is not None or self._primed or written
         if news and (old.etag if old else None) != entry.etag:
@@ -277,5 +287,35 @@ class Index:
             self._entries[name] = Entry(None, observed_at, False, None, None)
             if old is not None and old.summary_json:
                 self._body = None
+            if old is not None and old.etag is not None:
+                self._changed(name)
         if old is not None and old.etag is not None:
             self._saw_change(name, None)
+
+    # -- what changed, for the search cache (search.py) -------------------------------------
+
+    def check(self, arrived: int) -> None:
+        """Bring the index up to date with the directory as of a moment after `arrived`
+        (monotonic ns), as a list does."""
+        with self._scan_lock:
+            self._check_since(arrived)
+
+    def usable(self) -> tuple[int, list[str]]:
+        """(the generation, the name of every usable document as of it)."""
+        with self._lock:
+            names = [name for name, entry in self._entries.items() if entry.summary_json]
+            return self._generation, names
+
+    def changed_since(self, generation: int) -> tuple[int, set[str] | None]:
+        """(the generation now, the names whose ETag changed since `generation`); None when
+        more changed than the index remembers."""
+        with self._lock:
+            behind = self._generation - generation
+            if behind > len(self._changes):
+                return self._generation, None
+            return self._generation, set(itertools.islice(reversed(self._changes), behind))
+
+    def _changed(self, name: str) -> None:
+        """Under `_lock`: a name's ETag changed (it came, went, or holds other bytes)."""
+        self._generation += 1
+        self._changes.append(name)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -37,7 +37,9 @@ from quart_iot.store.postgres.database import (
 )
 from quart_iot.store.postgres.listener import Listener
 from quart_iot.store.postgres.schema import PRUNE_LOCK, SchemaTooNew, migrate
+from quart_iot.store.postgres.search import PostgresSearches
 from quart_iot.store.records import Precondition, StoredConfig, summary_json
+from quart_iot.store.search import Search
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ class PostgresBackend:
         self.refused: str | None = None  # why this version cannot use the database at all
         self._listed: tuple[int, bytes, int] | None = None  # (last change id, body, count)
         self._tasks: list[asyncio.Task[None]] = []
+        self.searches = PostgresSearches(self._read, self._connection, self._long_session)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PostgresBackend":
@@ -326,6 +329,16 @@ class PostgresBackend:
                 "DELETE FROM config_changes WHERE id <= (SELECT last_id FROM config_feed) - $1",
                 CHANGES_KEPT,
             )
+
+    # -- fleet search ------------------------------------------------------------------------
+
+    async def search_json(self, search: Search) -> bytes:
+        return await self.searches.answer(search)
+
+    def _long_session(self) -> AbstractAsyncContextManager[Connection]:
+        """A pooled connection bounded by the statement timeout rather than DB_TIMEOUT."""
+        seconds = self.limits.connect_timeout + self.limits.statement_timeout
+        return self.db.connection(asyncio.get_running_loop().time() + seconds)
 
     # -- the change feed ---------------------------------------------------------------------
 
