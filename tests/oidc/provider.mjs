@@ -15,7 +15,11 @@ const clients = JSON.parse(readFileSync(new URL('./clients.json', import.meta.ur
 const provider = new Provider(issuer, {
   jwks,
   cookies: { keys: ['quart-iot-tests-only'] },
-  ttl: { ClientCredentials: 600 },
+  // A client may ask for short-lived tokens (`access_token_ttl`, seconds).
+  ttl: {
+    ClientCredentials: (ctx, token, client) =>
+      clients.find((c) => c.client_id === client.clientId)?.access_token_ttl ?? 600,
+  },
   // Machines use the client-credentials grant; `spa` logs a person in (authorization code),
   // for the ID token an app receives beside its access token.
   clients: clients.map(({ client_id, client_secret, ...rest }) => ({
@@ -46,9 +50,7 @@ const provider = new Provider(issuer, {
           audience,
           scope: 'iot-config-reader iot-config-writer',
           accessTokenFormat: 'jwt',
-          // A client may ask for short-lived tokens (`access_token_ttl`, seconds).
-          accessTokenTTL:
-            clients.find((c) => c.client_id === ctx.oidc.client?.clientId)?.access_token_ttl ?? 600,
+          accessTokenTTL: 600,
           jwt: { sign: { alg: jwks.keys[0].alg } },
         };
       },
