@@ -265,11 +265,11 @@ async def test_history_off_keeps_nothing(configs_dir: Path) -> None:
     assert not (configs_dir / ".history").exists()
 
 
-async def test_history_metrics(client: Client, configs_dir: Path) -> None:
+async def test_history_metrics(client: Client, directory_backend: DirectoryBackend) -> None:
     await put(client, {"deviceName": "a"})
     await put(client, {"deviceName": "b"})
     assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204  # links "b" again
-    await asyncio.sleep(1.2)  # the first sweep surveys the history
+    await asyncio.to_thread(directory_backend.sweeper.survey)  # as it runs every minute
     metrics = await (await client.get("/metrics")).get_data(as_text=True)
     assert "iot_config_history_versions 3" in metrics
     size = len(b'{"deviceName":"a"}\n')
