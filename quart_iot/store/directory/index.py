@@ -168,14 +168,14 @@ class Index:
         body = b'{"configs":[' + b",".join(parts) + b'],"count":' + str(len(parts)).encode()
         return body + b"}", len(parts)
 
-    def sweep(self) -> None:
-        """Names created or removed elsewhere (as a list would see them), then files rewritten
-        in place (they leave the directory alone), unless the first step rescanned the
-        directory: that looked at every name already (at 20,000 names, it halves the sweep
-        that tells waiters of another replica's write)."""
+    def sweep(self, in_place: bool = True) -> None:
+        """Names created or removed elsewhere (as a list would see them); then, if `in_place`,
+        files rewritten in place (they leave the directory alone), unless the first step
+        rescanned the directory: that looked at every name already (at 20,000 names, it
+        halves the sweep that tells waiters of another replica's write)."""
         try:
             with self._scan_lock:  # the list body is left to the next list to render
-                if self._check_since(time.monotonic_ns()):
+                if self._check_since(time.monotonic_ns()) or not in_place:
                     return
             with self.directory.opened() as fd:
                 for name, entry in list(self._entries.items()):

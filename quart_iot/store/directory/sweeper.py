@@ -1,7 +1,8 @@
 """The store's background work, in two tasks that never wait for each other:
 
 - the sweep, every SWEEP_INTERVAL: the directory checked for changes made by other processes
-  or by hand (what wakes waiters on this replica for another's write);
+  or by hand (what wakes waiters on this replica for another's write), and every other time
+  each file for rewrites in place;
 - the housekeeping: retention of the devices written (each SWEEP_INTERVAL), the history
   surveyed (the gauges; retention by age of devices nobody writes), stale temp files removed.
   A survey takes about a second at 20,000 devices: it must never hold up the sweep.
@@ -67,13 +68,15 @@ class Sweeper:
 
     async def _sweep_forever(self) -> None:
         loop = asyncio.get_running_loop()
-        took = 0.0
+        took, sweeps = 0.0, 0
         while True:
             # One sweep starts every SWEEP_INTERVAL; one that took over a third of it rests
             # half as long as it took (at most two thirds of a core, whatever the directory).
             await asyncio.sleep(max(SWEEP_INTERVAL - took, took / 2))
-            started = loop.time()
-            await _guarded(_run(self.index.sweep))
+            started, sweeps = loop.time(), sweeps + 1
+            # Other replicas' writes at every sweep; rewrites in place (a stat per name,
+            # nearly all of an idle sweep's cost) at every other one: within a second.
+            await _guarded(_run(partial(self.index.sweep, in_place=sweeps % 2 == 0)))
             took = loop.time() - started
 
     async def _housekeeping_forever(self) -> None:
