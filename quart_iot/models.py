@@ -5,6 +5,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
 
+MAC_PATTERN = r"[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5}"  # published in the OpenAPI document
+# `<ns since the epoch, 19 digits>-<8 hex>`: ids sort in time order as strings.
+VERSION_PATTERN = r"[0-9]{19}-[0-9a-f]{8}"
 HISTORY_PAGE = 50  # versions per history page unless `?limit=` says (HISTORY_MAX_VERSIONS')
 HISTORY_PAGE_MAX = 1000
 StorageState = Literal["read-write", "read-only", "writes-blocked", "unavailable"]
@@ -142,7 +145,9 @@ class HistoryQuery(BaseModel):
 
     limit: int = Field(default=HISTORY_PAGE, ge=1, le=HISTORY_PAGE_MAX)
     before: str | None = Field(
-        default=None, description="A version id: the page holds versions older than it"
+        default=None,
+        pattern=f"^{VERSION_PATTERN}$",
+        description="A version id: the page holds versions older than it",
     )
 
 

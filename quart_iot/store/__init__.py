@@ -8,6 +8,7 @@ Quart extension, `ConfigStore` (extension.py), which every route speaks to.
 - `directory/`: the directory store (blocking file code run in worker threads).
 """
 
+from quart_iot.models import MAC_PATTERN, VERSION_PATTERN
 from quart_iot.store.backend import (
     Backend,
     Change,
@@ -20,13 +21,7 @@ from quart_iot.store.backend import (
 from quart_iot.store.directory.backend import DirectoryBackend, stop_worker_threads
 from quart_iot.store.events import Written
 from quart_iot.store.extension import ConfigStore, current_store
-from quart_iot.store.records import (
-    MAC_PATTERN,
-    VERSION_PATTERN,
-    Precondition,
-    StoredConfig,
-    canonical_mac,
-)
+from quart_iot.store.records import Precondition, StoredConfig, canonical_mac
 
 __all__ = [
     "MAC_PATTERN",

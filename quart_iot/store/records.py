@@ -10,11 +10,9 @@ from werkzeug.datastructures import ETags
 
 from quart_iot.documents import Document, dump_document, etag_of, parse_document, summary_fields
 from quart_iot.errors import DocumentTooLarge, InvalidMac, InvalidVersion
+from quart_iot.models import MAC_PATTERN, VERSION_PATTERN
 
-MAC_PATTERN = r"[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5}"  # also published in the OpenAPI document
 _MAC = re.compile(MAC_PATTERN)
-# `<ns since the epoch, 19 digits>-<8 hex>`: ids sort in time order as strings.
-VERSION_PATTERN = r"[0-9]{19}-[0-9a-f]{8}"  # also published in the OpenAPI document
 _VERSION = re.compile(VERSION_PATTERN)
 
 

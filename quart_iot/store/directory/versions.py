@@ -29,8 +29,9 @@ from datetime import UTC, datetime
 
 from quart_iot.documents import InvalidJson, parse_document
 from quart_iot.errors import ConfigUnreadable, VersionNotFound
+from quart_iot.models import VERSION_PATTERN
 from quart_iot.store.directory.files import HISTORY_NAME, Directory, Signature
-from quart_iot.store.records import VERSION_PATTERN, StoredConfig
+from quart_iot.store.records import StoredConfig
 
 _FILE = re.compile(rf"(?P<id>{VERSION_PATTERN})\.(?P<change>created|updated|deleted)\.json")
 SUBJECT_CHARS = 255  # OpenID Connect's limit for `sub`; its JSON fits a link's target
