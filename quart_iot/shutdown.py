@@ -1,11 +1,12 @@
 """GracefulStop extension: at SIGTERM, the store refuses new writes and the writes in flight
 finish.
 
-On stop, readiness turns 503, the store answers every write that reaches it 503
-SHUTTING_DOWN with Retry-After (the store decides what a write is: PUT, DELETE and restore
-alike), and the stop waits up to SHUTDOWN_TIMEOUT for the writes the store is carrying out;
-only then does hypercorn close its sockets. A write still running at that deadline is
-answered 503 (its outcome unknown to the client) and goes on to its end.
+On stop, readiness turns 503, the store answers 503 SHUTTING_DOWN with Retry-After every
+write of a request that arrives from then on (the store decides what a write is: PUT, DELETE
+and restore alike), and the stop waits up to SHUTDOWN_TIMEOUT for the writes the store is
+carrying out; only then does hypercorn close its sockets, giving the requests still in flight
+(a write whose body is still arriving, say) the rest of the timeout. A write still running at
+the deadline is answered 503 (its outcome unknown to the client) and goes on to its end.
 """
 
 import asyncio

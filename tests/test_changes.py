@@ -2,10 +2,19 @@
 
 import asyncio
 import json
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from quart_iot.app import create_app
 from quart_iot.documents import etag_of
+from quart_iot.settings import Settings
 from quart_iot.store import Change, ConfigStore
+from quart_iot.store.directory.retention import Retention
 from tests.conftest import MAC, OTHER_MAC, write_config
 
 Seen = tuple[str, str | None]
@@ -83,3 +92,30 @@ async def test_the_first_scan_of_a_directory_tells_nothing(
     await store.list_json()
     await asyncio.sleep(1.2)  # two sweeps
     assert changes.empty()
+
+
+async def test_a_survey_that_takes_long_never_holds_up_the_sweep(
+    make_settings: Callable[..., Settings], configs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 17 item 18: the history survey ran in the sweep's loop; at 20,000 devices it
+    # held other replicas' writes back from waiters for up to 2.7 s.
+    surveys, release = [], threading.Event()
+    survey = Retention.survey
+
+    def held_survey(self: Retention, *args: Any) -> Any:
+        surveys.append(time.monotonic())
+        if len(surveys) > 1:  # the one at the start goes through
+            release.wait(30)
+        return survey(self, *args)
+
+    monkeypatch.setattr(Retention, "survey", held_survey)
+    app = create_app(make_settings(history_max_days=2 / 86400))  # a survey every second
+    try:
+        async with app.test_app():
+            sink = listen(ConfigStore.of(app))
+            while len(surveys) < 2:  # a survey is held now
+                await asyncio.sleep(0.05)
+            path = write_config(configs_dir, MAC, {"v": "by another replica"})
+            assert await next_change(sink, timeout=10) == (MAC, etag_of(path.read_bytes()))
+    finally:
+        release.set()

@@ -27,14 +27,10 @@ HISTORY = f"/api/configs/{MAC}/history"
 NEVER = "1767225600000000000-0a1b2c3d"
 
 
-def app_with(configs_dir: Path, **settings: Any) -> Quart:
-    return create_app(Settings(esp32_configs_dir=configs_dir, _env_file=None, **settings))
-
-
 @pytest.fixture
-async def small_app(configs_dir: Path) -> AsyncIterator[Quart]:
+async def small_app(make_settings: Callable[..., Settings]) -> AsyncIterator[Quart]:
     # Three versions, two seconds: retention shows within a test.
-    app = app_with(configs_dir, history_max_versions=3, history_max_days=2 / 86400)
+    app = create_app(make_settings(history_max_versions=3, history_max_days=2 / 86400))
     async with app.test_app():
         yield app
 
@@ -256,7 +252,9 @@ async def test_retention_by_age_ends_the_history_of_a_deleted_device(small_app: 
 
 
 async def test_history_off_keeps_nothing(configs_dir: Path) -> None:
-    app = app_with(configs_dir, history_max_versions=0)
+    app = create_app(
+        Settings(esp32_configs_dir=configs_dir, history_max_versions=0, _env_file=None)
+    )
     async with app.test_app():
         client = app.test_client()
         await put(client, {"i": 0})
@@ -265,11 +263,11 @@ async def test_history_off_keeps_nothing(configs_dir: Path) -> None:
     assert not (configs_dir / ".history").exists()
 
 
-async def test_history_metrics(client: Client, configs_dir: Path) -> None:
+async def test_history_metrics(client: Client, directory_backend: DirectoryBackend) -> None:
     await put(client, {"deviceName": "a"})
     await put(client, {"deviceName": "b"})
     assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204  # links "b" again
-    await asyncio.sleep(1.2)  # the first sweep surveys the history
+    await asyncio.to_thread(directory_backend.sweeper.survey)  # as it runs every minute
     metrics = await (await client.get("/metrics")).get_data(as_text=True)
     assert "iot_config_history_versions 3" in metrics
     size = len(b'{"deviceName":"a"}\n')
@@ -615,6 +613,7 @@ async def test_a_cursor_is_a_position_even_once_its_version_is_gone(client: Clie
         ("limit=x", "VALIDATION_FAILED"),
         ("limits=3", "VALIDATION_FAILED"),
         ("before=..", "VALIDATION_FAILED"),
+        ("before=", "VALIDATION_FAILED"),
         ("before=1767225600000000000-0A1B2C3D", "VALIDATION_FAILED"),
     ],
 )

@@ -112,7 +112,7 @@ async def test_a_restore_during_the_stop_is_503_shutting_down(app: Quart, client
     assert now.headers["ETag"] == f'"{current}"'
 
 
-async def test_no_write_route_skips_the_stop_s_gate(app: Quart, client: Client) -> None:
+async def test_no_write_route_skips_the_gate_of_the_stop(app: Quart, client: Client) -> None:
     """Every route under /api/configs that is not a read is a store write: a new write route
     that did not go through the store's write path would be let through here."""
     await put(client, {"deviceName": "a"})

@@ -22,11 +22,7 @@ from quart_iot.store.backend import (
 from quart_iot.store.directory.backend import DirectoryBackend, stop_worker_threads
 from quart_iot.store.events import Written
 from quart_iot.store.extension import ConfigStore, current_store
-from quart_iot.store.records import (
-    Precondition,
-    StoredConfig,
-    canonical_mac,
-)
+from quart_iot.store.records import Precondition, StoredConfig, canonical_mac
 from quart_iot.store.search import Search
 
 __all__ = [

@@ -2,17 +2,18 @@
 
 It checks MACs and version ids, speaks only to its Backend, and decides once what a write is:
 every write (save, delete, restore, and any added later) goes through `_write`, which refuses
-it once the stop has begun (503 SHUTTING_DOWN), carries it out in a task of its own (a client
-that hangs up never cancels a write half-told) and tells the write listeners how it ended
-(the audit line, MQTT, the other workers' wake-ups).
+it when its request arrived after the stop began (503 SHUTTING_DOWN), carries it out in a
+task of its own (a client that hangs up never cancels a write half-told) and tells the write
+listeners how it ended (the audit line, MQTT, the other workers' wake-ups).
 """
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from quart import Quart, current_app, g, has_app_context
+from quart import Quart, current_app, g, has_request_context
 
 from quart_iot.documents import Document
 from quart_iot.errors import ApiError, ShuttingDown, WriteOutlived
@@ -53,8 +54,7 @@ class ConfigStore:
         self.write_listeners: list[Callable[[Written], None]] = []
         # Hear every change the store sees, whoever made it (the waiting extension).
         self.change_sinks: list[ChangeSink] = []
-        self.refusing_writes = False  # the stop has begun
-        self._stop_began = float("inf")  # loop time; a write asked for before it is carried out
+        self.refusing_since: float | None = None  # monotonic time the stop began
         self._writes: set[asyncio.Task[Any]] = set()  # writes in flight
         self._gave_up: asyncio.Future[None] | None = None  # done: the stop stops waiting
 
@@ -78,7 +78,7 @@ class ConfigStore:
         app.extensions["config_store"] = self
         app.before_serving(self._start)
         app.after_serving(self._stop)
-        app.before_request(_note_arrival)
+        app.before_request(_arrived)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -186,7 +186,7 @@ class ConfigStore:
         write: Callable[[], Awaitable[Outcome]],
     ) -> Outcome:
         """The one way a write happens: the stop's gate, a task of its own, its listeners."""
-        if self.refusing_writes and _arrival() >= self._stop_began:
+        if self._refuses():
             refusal = ShuttingDown()
             self._tell(Written.refused(action, mac, meta, refusal))
             raise refusal
@@ -245,11 +245,15 @@ class ConfigStore:
         return len(self._writes)
 
     def refuse_writes(self) -> None:
-        """From now on every write asked for is refused with 503 SHUTTING_DOWN. A request that
-        arrived before (its body perhaps still on its way) is in flight: its write is carried
-        out, within the stop's bound (hypercorn waits for the requests in flight)."""
-        self.refusing_writes = True
-        self._stop_began = asyncio.get_running_loop().time()
+        """From now on a write is refused with 503 SHUTTING_DOWN, unless its request arrived
+        before (its body may have been on its way): that one is carried out."""
+        self.refusing_since = time.monotonic()
+
+    def _refuses(self) -> bool:
+        if self.refusing_since is None:
+            return False
+        arrived = g.get("store_arrived") if has_request_context() else None
+        return arrived is None or arrived >= self.refusing_since
 
     async def drain(self, seconds: float) -> bool:
         """Wait up to `seconds` for the writes in flight; whether they all ended."""
@@ -285,19 +289,11 @@ class ConfigStore:
         await self.backend.stop()
 
 
-async def _note_arrival() -> None:
-    """When the request arrived (every request: whether it writes is the store's to say)."""
-    g.store_request_arrived = asyncio.get_running_loop().time()
-
-
-def _arrival() -> float:
-    """When the request asking for this write arrived; a write no request asked for, now."""
-    if has_app_context() and "store_request_arrived" in g:
-        arrived: float = g.store_request_arrived
-        return arrived
-    return asyncio.get_running_loop().time()
-
-
 def current_store() -> ConfigStore:
     """The ConfigStore of the running app."""
     return ConfigStore.of(current_app)
+
+
+async def _arrived() -> None:
+    """When the request arrived: a write whose request came before the stop is carried out."""
+    g.store_arrived = time.monotonic()

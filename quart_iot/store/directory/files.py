@@ -149,9 +149,9 @@ class Directory:
             os.rename(temp, self / name)
             return time.monotonic_ns()
         os.link(temp, self / name)  # atomic: fails if the name exists, whoever created it
-        installed_at = time.monotonic_ns()
+        placed_at = time.monotonic_ns()
         os.unlink(temp)
-        return installed_at
+        return placed_at
 
     def unlink(self, name: str) -> int:
         """Remove the name; when it went (monotonic ns)."""

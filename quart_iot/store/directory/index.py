@@ -90,14 +90,17 @@ class Index:
                     self._body, self._count = self._render()
                 return self._body, self._count
 
-    def _check_since(self, arrived: int) -> None:
+    def _check_since(self, arrived: int) -> bool:
+        """Whether the directory had to be rescanned (every name looked at again)."""
         # A check that began after this request arrived saw every change made before:
         # requests that queued behind one check (a long rescan) share it.
-        if self._checked_at <= arrived:
-            checking = time.monotonic_ns()
-            self._check_directory()
-            self._checked_at = checking
-            self.outage.recovered()
+        if self._checked_at > arrived:
+            return False
+        checking = time.monotonic_ns()
+        rescanned = self._check_directory()
+        self._checked_at = checking
+        self.outage.recovered()
+        return rescanned
 
     def stat_dir(self) -> os.stat_result:
         with storage_errors("stat of the configs directory", self.outage):
@@ -107,15 +110,17 @@ class Index:
             raise StorageUnavailable("the configs directory is not a directory")
         return st
 
-    def _check_directory(self) -> None:
+    def _check_directory(self) -> bool:
         started = time.time_ns()
         st = self.stat_dir()
         signature = Signature.of(st)
-        if signature != self._dir_signature or self._dir_racy:
-            with storage_errors("scan of the configs directory", self.outage):
-                self._rescan()
-            self._dir_signature = signature
-            self._dir_racy = started - st.st_mtime_ns < RACY_NS
+        if signature == self._dir_signature and not self._dir_racy:
+            return False
+        with storage_errors("scan of the configs directory", self.outage):
+            self._rescan()
+        self._dir_signature = signature
+        self._dir_racy = started - st.st_mtime_ns < RACY_NS
+        return True
 
     def _rescan(self) -> None:
         started = time.monotonic_ns()
@@ -171,12 +176,15 @@ class Index:
         body = b'{"configs":[' + b",".join(parts) + b'],"count":' + str(len(parts)).encode()
         return body + b"}", len(parts)
 
-    def sweep(self) -> None:
-        """Names created or removed elsewhere (as a list would see them), then files rewritten
-        in place (they leave the directory alone)."""
+    def sweep(self, in_place: bool = True) -> None:
+        """Names created or removed elsewhere (as a list would see them); then, if `in_place`,
+        files rewritten in place (they leave the directory alone), unless the first step
+        rescanned the directory: that looked at every name already (at 20,000 names, it
+        halves the sweep that tells waiters of another replica's write)."""
         try:
             with self._scan_lock:  # the list body is left to the next list to render
-                self._check_since(time.monotonic_ns())
+                if self._check_since(time.monotonic_ns()) or not in_place:
+                    return
             with self.directory.opened() as fd:
                 for name, entry in list(self._entries.items()):
                     self._sweep_one(fd, name, entry)

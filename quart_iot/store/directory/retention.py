@@ -21,7 +21,7 @@ class Retention:
         self.versions_kept: int | None = None  # as of the last survey
         self.bytes_used: int | None = None
         self.pruned = 0
-        self._pending: set[str] = set()  # devices written (or surveyed): checked at the next sweep
+        self._pending: set[str] = set()  # devices written, or surveyed with work: prune soon
         self._lock = threading.Lock()
 
     @property
@@ -80,23 +80,31 @@ class Retention:
             doomed.remove(newest)
         return doomed
 
-    def survey(self) -> list[str]:
-        """Every device with history; counts the versions and bytes kept on the way."""
-        macs = self.shelves.macs()
+    def survey(self, now_ns: int) -> list[str]:
+        """Every device's history measured (versions and bytes kept, for the gauges); the
+        devices retention has work on now."""
         sizes: dict[tuple[int, int], int] = {}  # by inode: a version linked twice counts once
-        versions = sum(self._measure(mac, sizes) for mac in macs)
+        versions, busy = 0, []
+        for mac in self.shelves.macs():
+            found, work = self._measure(mac, sizes, now_ns)
+            versions += found
+            if work:
+                busy.append(mac)
         self.versions_kept, self.bytes_used = versions, sum(sizes.values())
-        return macs
+        return busy
 
-    def _measure(self, mac: str, sizes: dict[tuple[int, int], int]) -> int:
+    def _measure(
+        self, mac: str, sizes: dict[tuple[int, int], int], now_ns: int
+    ) -> tuple[int, bool]:
+        """(the versions the device keeps, whether retention has work on it)."""
         found = 0
-        with (
-            contextlib.suppress(FileNotFoundError, NotADirectoryError),
-            self.shelves.opened(mac) as shelf,
-        ):
-            for version in shelf.versions:
-                with contextlib.suppress(FileNotFoundError):
-                    st = shelf.stat(version)
-                    sizes[(st.st_dev, st.st_ino)] = st.st_size
-                    found += 1
-        return found
+        try:
+            with self.shelves.opened(mac) as shelf:
+                for version in shelf.versions:
+                    with contextlib.suppress(FileNotFoundError):
+                        st = shelf.stat(version)
+                        sizes[(st.st_dev, st.st_ino)] = st.st_size
+                        found += 1
+                return found, bool(shelf.held() or self._doomed(shelf, mac, now_ns))
+        except (FileNotFoundError, NotADirectoryError):
+            return found, False

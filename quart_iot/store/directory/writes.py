@@ -53,16 +53,16 @@ class Writer:
             try:
                 check = partial(self._check, mac, precondition)
                 commit = partial(self._commit_save, document, precondition, temp, fd, by)
-                before, installed_at, version = self.lock.exclusively(deadline, check, commit)
+                before, placed_at, version = self.lock.exclusively(deadline, check, commit)
                 signature = Signature.of(os.fstat(fd))
             finally:
                 os.close(fd)
                 self.directory.discard_temp(temp)
-        if installed_at is None:  # the very bytes it held: nothing new, no change to tell
+        if placed_at is None:  # the very bytes it held: nothing new, no change to tell
             saved = Saved(document, before, None, unchanged=True)
         else:
             saved = Saved(document, before or None, version)
-            entry = Entry.of(document, signature, installed_at, True)
+            entry = Entry.of(document, signature, placed_at, True)
             self.index.remember(f"{mac}.json", entry, written=True)
         self._sync(Unconfirmed(saved), mac)  # unchanged too: it may retry an unconfirmed save
         return saved
@@ -107,14 +107,14 @@ class Writer:
             return before, self._place(temp, f"{mac}.json", precondition), None
         with self.history.shelf(mac) as shelf:
             existed = self.history.keep_current(shelf, mac)  # before the rename replaces it
-            installed_at = self._place(temp, f"{mac}.json", precondition)
+            placed_at = self._place(temp, f"{mac}.json", precondition)
             try:
                 change = "updated" if existed else "created"
                 kept = self.history.record(shelf, mac, change, fd, by)
             except OSError as error:  # visible already; the next write keeps it (keep_current)
                 log.warning("version of %s.json not kept in its history: %s", mac, error)
                 kept = None
-        return before, installed_at, kept
+        return before, placed_at, kept
 
     def _place(self, temp: Path, name: str, precondition: Precondition) -> int:
         try:
