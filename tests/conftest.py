@@ -1,22 +1,28 @@
 """Fixtures: backend -> settings -> app -> client and store, each test with its own storage.
 
 `backend` names the store the API tests run against; a second store joins its parameters
-(and `SETTINGS` its factory) without a change to any test. A test that touches the
-directory's files asks for `configs_dir`, and so runs against the directory store only.
+(and `SETTINGS` its factory) without a change to any test. A test about the directory's files
+asks for `configs_dir`, and so is collected for the directory store only (no postgres case
+at all, not a skipped one). A test of a change made outside this process (a hand edit of the
+directory, another replica or `copy` for PostgreSQL) asks for `outside`.
 """
 
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import asyncpg
 import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol
 
 from quart_iot.app import create_app
+from quart_iot.documents import etag_of, parse_document
 from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore, DirectoryBackend
+from quart_iot.store.postgres import statements
+from quart_iot.store.records import summary_json
 from tests.pg import pg_cluster, pg_databases, pg_url  # noqa: F401 (fixtures: a real PostgreSQL)
 
 MAC = "aa-bb-cc-dd-ee-ff"
@@ -31,6 +37,14 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No setting exported in the shell running the tests (MQTT_URL, say) leaks into them."""
     for name in Settings.model_fields:
         monkeypatch.delenv(name.upper(), raising=False)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixture's own parameters are applied
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that needs the directory's files (`configs_dir`, asked for directly or by a
+    fixture it uses) is collected for the directory store alone."""
+    if "configs_dir" in metafunc.fixturenames and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", ["directory"])
 
 
 @pytest.fixture(params=BACKENDS)
@@ -67,8 +81,7 @@ def make_settings(backend: str, request: pytest.FixtureRequest) -> Callable[...,
 def configs_dir(backend: str, tmp_path: Path) -> Path:
     """The directory store's directory: a test that reads or writes its files is about the
     directory store, and runs against it only."""
-    if backend != "directory":
-        pytest.skip("about the directory store's files")
+    assert backend == "directory"  # pytest_generate_tests collects no other case
     directory = tmp_path / "configs"
     directory.mkdir(exist_ok=True)
     return directory
@@ -108,3 +121,61 @@ def write_config(directory: Path, mac: str, content: Any) -> Path:
     path = directory / f"{mac}.json"
     path.write_text(json.dumps(content), encoding="utf-8")
     return path
+
+
+class Outside(Protocol):
+    """A writer outside this process: a person or tool editing the directory; for PostgreSQL
+    `python -m quart_iot copy` (any bytes, kept as they are) or another replica."""
+
+    async def put(self, mac: str, document: Any) -> None:
+        """Store `document` (bytes: exactly these; else its JSON) as the device's."""
+
+    async def remove(self, mac: str) -> None:
+        """Remove the device's document."""
+
+
+def as_bytes(document: Any) -> bytes:
+    return document if isinstance(document, bytes) else json.dumps(document).encode()
+
+
+class OutsideDirectory:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def put(self, mac: str, document: Any) -> None:
+        (self.directory / f"{mac}.json").write_bytes(as_bytes(document))
+
+    async def remove(self, mac: str) -> None:
+        (self.directory / f"{mac}.json").unlink()
+
+
+class OutsideDatabase:
+    """Writes as `copy` does (transfer.py's statement: a change and its NOTIFY, no version),
+    and removes as another replica's delete."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def put(self, mac: str, document: Any) -> None:
+        raw = as_bytes(document)
+        summary = summary_json(mac, parse_document(raw))
+        await self._run(statements.PUT_DOCUMENT, mac, raw, etag_of(raw), summary)
+
+    async def remove(self, mac: str) -> None:
+        await self._run(statements.DELETE, mac, None, None, 50, 90 * 86_400 * 10**9)
+
+    async def _run(self, statement: str, *args: Any) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute(statement, *args)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+def outside(settings: Settings) -> Outside:
+    """Changes made outside this process, to the test's store."""
+    if settings.database_url is not None:
+        return OutsideDatabase(settings.database_url)
+    assert settings.esp32_configs_dir is not None
+    return OutsideDirectory(settings.esp32_configs_dir)
