@@ -23,7 +23,13 @@ from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore, DirectoryBackend
 from quart_iot.store.postgres import statements
 from quart_iot.store.records import summary_json
-from tests.pg import pg_cluster, pg_databases, pg_url  # noqa: F401 (fixtures: a real PostgreSQL)
+from tests.pg import (  # noqa: F401 (fixtures: a real PostgreSQL)
+    pg_admin,
+    pg_cluster,
+    pg_databases,
+    pg_empty_url,
+    pg_url,
+)
 
 MAC = "aa-bb-cc-dd-ee-ff"
 OTHER_MAC = "00-11-22-33-44-55"

@@ -97,8 +97,9 @@ def history(url: str, mac: str) -> list[tuple[str, str, str, str | None]]:
 
 
 def test_a_flask_directory_into_postgresql_keeps_bytes_and_etags(
-    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, pg_empty_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    pg_url = pg_empty_url  # copy makes the tables
     written = flask_directory(tmp_path / "flask")
     code, lines = copy(capsys, "--from", str(tmp_path / "flask"), "--to", pg_url)
     assert code == 0
@@ -117,7 +118,7 @@ def test_a_flask_directory_into_postgresql_keeps_bytes_and_etags(
 
 
 def test_postgresql_into_a_directory_and_back_keeps_the_history(
-    tmp_path: Path, pg_databases: Callable[[], str], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, pg_databases: Callable[..., str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     first, second = pg_databases(), pg_databases()
 
@@ -212,9 +213,9 @@ def test_a_database_that_is_down_is_one_line(
 
 
 def test_a_database_without_the_store_is_no_source(
-    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, pg_empty_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, lines = copy(capsys, "--from", pg_url, "--to", str(tmp_path / "backup"))
+    code, lines = copy(capsys, "--from", pg_empty_url, "--to", str(tmp_path / "backup"))
     assert code == 2
     assert lines == [
         "quart_iot copy: --from: the database holds no quart_iot store (no config_schema)"
