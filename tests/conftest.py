@@ -8,7 +8,8 @@ directory, another replica or `copy` for PostgreSQL) asks for `outside`.
 """
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,38 +60,36 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def directory_settings(request: pytest.FixtureRequest, **settings: Any) -> Settings:
-    directory = request.getfixturevalue("tmp_path") / "configs"
+@pytest.fixture
+def store_directory(tmp_path: Path) -> Path:
+    """Where the directory store of a test keeps its documents."""
+    directory = tmp_path / "configs"
     directory.mkdir(exist_ok=True)
-    return Settings(esp32_configs_dir=directory, _env_file=None, **settings)
+    return directory
 
 
-def postgres_settings(request: pytest.FixtureRequest, **settings: Any) -> Settings:
-    url = request.getfixturevalue("pg_url")
-    return Settings(database_url=url, _env_file=None, **settings)
-
-
-# How each store's settings are made: (the test's request, extra settings) -> Settings.
+# Each store: the fixture that gives where a test's store keeps its documents, and how the
+# settings name it.
+LOCATIONS = {"directory": "store_directory", "postgres": "pg_url"}
 SETTINGS: dict[str, Callable[..., Settings]] = {
-    "directory": directory_settings,
-    "postgres": postgres_settings,
+    "directory": lambda where, **more: Settings(esp32_configs_dir=where, _env_file=None, **more),
+    "postgres": lambda where, **more: Settings(database_url=where, _env_file=None, **more),
 }
 
 
 @pytest.fixture
 def make_settings(backend: str, request: pytest.FixtureRequest) -> Callable[..., Settings]:
     """Settings for the test's store, with extra settings (`history_max_versions=3`...)."""
-    return lambda **settings: SETTINGS[backend](request, **settings)
+    where = request.getfixturevalue(LOCATIONS[backend])  # now, not on the test's event loop
+    return lambda **settings: SETTINGS[backend](where, **settings)
 
 
 @pytest.fixture
-def configs_dir(backend: str, tmp_path: Path) -> Path:
+def configs_dir(backend: str, store_directory: Path) -> Path:
     """The directory store's directory: a test that reads or writes its files is about the
     directory store, and runs against it only."""
     assert backend == "directory"  # pytest_generate_tests collects no other case
-    directory = tmp_path / "configs"
-    directory.mkdir(exist_ok=True)
-    return directory
+    return store_directory
 
 
 @pytest.fixture
@@ -103,6 +102,22 @@ async def app(settings: Settings) -> AsyncIterator[Quart]:
     app = create_app(settings)
     async with app.test_app():
         yield app
+
+
+@pytest.fixture
+async def serving(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[Callable[..., Awaitable[Quart]]]:
+    """Starts apps on the test's store with extra settings (`cors_origins=[...]`...), each
+    serving until the end of the test."""
+    async with AsyncExitStack() as stack:
+
+        async def serve(**settings: Any) -> Quart:
+            app = create_app(make_settings(**settings))
+            await stack.enter_async_context(app.test_app())
+            return app
+
+        yield serve
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -159,7 +160,11 @@ class Admin:
                     raise
 
     def execute(self, statement: str) -> None:
-        asyncio.run_coroutine_threadsafe(self._execute(statement), self.loop).result(60)
+        self.run(self._execute(statement))
+
+    def run(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` on the admin's loop (whatever loop the caller runs)."""
+        asyncio.run_coroutine_threadsafe(work, self.loop).result(60)
 
     def execute_later(self, statement: str) -> None:
         self._pending.append(asyncio.run_coroutine_threadsafe(self._execute(statement), self.loop))
@@ -190,7 +195,7 @@ def pg_admin(pg_cluster: Cluster) -> Iterator[Admin]:
     admin = Admin(pg_cluster)
     try:
         admin.execute(f"CREATE DATABASE {TEMPLATE} TEMPLATE template0")
-        asyncio.run(_migrate(pg_cluster.url(TEMPLATE)))
+        admin.run(_migrate(pg_cluster.url(TEMPLATE)))
         admin.execute(f"ALTER DATABASE {TEMPLATE} IS_TEMPLATE true")
         yield admin
     finally:
