@@ -114,7 +114,9 @@ async def serving(
 
         async def serve(**settings: Any) -> Quart:
             app = create_app(make_settings(**settings))
-            await stack.enter_async_context(app.test_app())
+            test_app = app.test_app()
+            await test_app.startup()
+            stack.push_async_callback(test_app.shutdown)
             return app
 
         yield serve
@@ -164,7 +166,11 @@ class OutsideDirectory:
         self.directory = directory
 
     async def put(self, mac: str, document: Any) -> None:
-        (self.directory / f"{mac}.json").write_bytes(as_bytes(document))
+        """A new file renamed over the old one, as editors and tools write (the history
+        links the old file: an edit in place would change a kept version)."""
+        new = self.directory / f"{mac}.json.new"
+        new.write_bytes(as_bytes(document))
+        new.rename(self.directory / f"{mac}.json")
 
     async def remove(self, mac: str) -> None:
         (self.directory / f"{mac}.json").unlink()

@@ -93,6 +93,31 @@ async def test_the_schema_is_created_once_and_recorded(
     assert [row["version"] for row in recorded] == list(range(1, len(MIGRATIONS) + 1))
 
 
+async def test_a_schema_of_version_1_is_migrated_with_its_subjects(
+    pg_empty_url: str, new_replicas: Replicas
+) -> None:
+    conn = await asyncpg.connect(pg_empty_url)  # as phase 1 left a database
+    try:
+        await conn.execute(
+            "CREATE TABLE config_schema (version integer PRIMARY KEY,"
+            " migrated_at timestamptz NOT NULL DEFAULT now());"
+            + MIGRATIONS[0]
+            + "INSERT INTO config_feed VALUES ('0a1b2c3d', 0);"
+            " INSERT INTO config_schema (version) VALUES (1);"
+            " INSERT INTO config_versions VALUES ('aa-bb-cc-dd-ee-ff',"
+            " '1767225600000000000-0a1b2c3d', 'deleted', '{}', 'e',"
+            """ '{"mac_address":"aa-bb-cc-dd-ee-ff"}', 2, 'sub:ünï', NULL);"""
+        )
+    finally:
+        await conn.close()
+    backend, _ = await new_replicas.start()
+    (item,) = await backend.deleted()
+    assert item["subject"] == "sub:ünï"
+    await backend.save(OTHER_MAC, {}, NONE, WriteMeta(subject="nul\x00"))
+    (version,) = json.loads(await backend.versions_json(OTHER_MAC, 5, None))["versions"]
+    assert version["subject"] == "nul\x00"
+
+
 async def test_a_newer_schema_refuses_to_start(pg_url: str, replicas: Replicas) -> None:
     await replicas.start()
     conn = await asyncpg.connect(pg_url)

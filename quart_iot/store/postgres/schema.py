@@ -51,6 +51,10 @@ MIGRATIONS: tuple[str, ...] = (
         at timestamptz NOT NULL DEFAULT now()
     );
     """,
+    # A subject is any JSON string, NUL included, which `text` cannot hold: its UTF-8 bytes.
+    """
+    ALTER TABLE config_versions ALTER COLUMN subject TYPE bytea USING convert_to(subject, 'UTF8');
+    """,
 )
 
 
