@@ -4,12 +4,11 @@ import asyncio
 import logging
 import os
 import resource
-import shutil
+import secrets
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from typing import cast
 
 from hypercorn.asyncio import serve
@@ -101,21 +100,18 @@ def own_socket(config: Config, workers: int) -> None:
 
 def run_workers(settings: Settings) -> int:
     """Start WORKERS copies of this command on the same port, pass SIGTERM on."""
-    peers = tempfile.mkdtemp(prefix="quart_iot-peers-")
+    peers = secrets.token_hex(8)  # names the workers' abstract sockets: nothing on disk
     workers = []
-    try:
-        for index in range(settings.workers):
-            # One SECRET_KEY for all (a random one when unset): a stream ticket that one
-            # worker issued is accepted by the others (quart_iot/oidc/tickets.py).
-            env = {
-                **os.environ,
-                PEERS_ENV: f"{peers}:{index}:{settings.workers}",
-                "SECRET_KEY": settings.secret_key,
-            }
-            workers.append(subprocess.Popen([sys.executable, "-m", "quart_iot"], env=env))
-        return supervise(workers)
-    finally:
-        shutil.rmtree(peers, ignore_errors=True)
+    for index in range(settings.workers):
+        # One SECRET_KEY for all (a random one when unset): a stream ticket that one
+        # worker issued is accepted by the others (quart_iot/oidc/tickets.py).
+        env = {
+            **os.environ,
+            PEERS_ENV: f"{peers}:{index}:{settings.workers}",
+            "SECRET_KEY": settings.secret_key,
+        }
+        workers.append(subprocess.Popen([sys.executable, "-m", "quart_iot"], env=env))
+    return supervise(workers)
 
 
 def supervise(workers: list["subprocess.Popen[bytes]"]) -> int:

@@ -72,7 +72,14 @@ class Settings(BaseSettings):
     max_wait_seconds: int = Field(default=60, ge=0, le=3600)
     # Requests held open at once (long polls and event streams together), per process.
     max_waiters: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Of those, held for one token's subject (with access control on), and long polls on one
+    # device's document (whoever holds them): one client cannot take them all.
+    max_waiters_per_subject: int = Field(default=100, ge=1, le=1_000_000)
+    max_waiters_per_device: int = Field(default=10, ge=1, le=1_000_000)
     events_heartbeat_seconds: float = Field(default=15.0, gt=0, le=3600)
+    # Every event stream ends after this long (or when its token expires, if sooner); the
+    # client reconnects with Last-Event-ID and misses nothing.
+    events_max_seconds: float = Field(default=3600.0, gt=0, le=86_400)
     workers: int = Field(default=1, ge=1, le=64)
 
     mqtt_url: str | None = Field(default=None, repr=False)  # may hold a password

@@ -360,3 +360,17 @@ async def wait_for_a_stream(server: Server) -> None:
                 return
             await asyncio.sleep(0.1)
     raise AssertionError("the browser never opened the event stream")
+
+
+async def test_a_stream_ends_when_its_token_expires(server: Server, provider: Provider) -> None:
+    token = provider.token("short-lived")  # expires 3 s after it is issued
+    expires_at = jwt.decode(token, options={"verify_signature": False})["exp"]
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+        http.stream("GET", EVENTS, headers=bearer(token)) as stream,
+    ):
+        assert stream.status_code == 200
+        received = [line async for line in stream.aiter_lines()]  # ends: the server closed it
+    assert received[0] == ": connected"
+    assert any(line.startswith("id: ") for line in received)  # where the client resumes
+    assert time.time() >= expires_at - 1  # it ended at the token's expiry, not before

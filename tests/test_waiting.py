@@ -244,8 +244,13 @@ async def test_sigterm_answers_the_waiting_requests_at_once(tmp_path: Path) -> N
     assert [answer.status_code for answer in answers] == [304, 304, 304]
 
 
-async def test_two_workers_wake_each_others_waiters(tmp_path: Path) -> None:
-    with running_server(tmp_path, **WAIT_ENV, WORKERS="2") as server:
+async def test_two_workers_wake_each_others_waiters_and_leave_nothing_in_tmp(
+    tmp_path: Path,
+) -> None:
+    temp, directory = tmp_path / "tmp", tmp_path / "configs"  # the peers' sockets: abstract
+    temp.mkdir()
+    directory.mkdir()
+    with running_server(directory, **WAIT_ENV, WORKERS="2", TMPDIR=str(temp)) as server:
         assert server.process is not None
         pgrep = ["pgrep", "-P", str(server.process.pid)]
         found = await asyncio.to_thread(subprocess.run, pgrep, capture_output=True, text=True)
@@ -257,6 +262,7 @@ async def test_two_workers_wake_each_others_waiters(tmp_path: Path) -> None:
             await asyncio.sleep(1)  # both workers have theirs (no assertion on how soon)
             new = {mac: await put(http, mac, {"v": 2}) for mac in (MAC, OTHER_MAC)}
             answers = await asyncio.gather(*polls)
+            assert list(temp.iterdir()) == []
     assert [answer.status_code for answer in answers] == [200] * 8
     assert [answer.headers["ETag"] for answer in answers] == [new[MAC]] * 4 + [new[OTHER_MAC]] * 4
     assert all(answer.headers["Preference-Applied"] == "wait=30" for answer in answers)

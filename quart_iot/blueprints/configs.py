@@ -21,7 +21,7 @@ from quart_iot.models import (
     EventStream,
     SavedHeaders,
 )
-from quart_iot.oidc import writer_subject
+from quart_iot.oidc import token_expiry, writer_subject
 from quart_iot.store import Precondition, Saved, StoredConfig, WriteMeta, current_store
 from quart_iot.waiting import current_waiting, event_stream_response
 
@@ -72,16 +72,18 @@ async def get_config(mac_address: str) -> Response:
 
 @blueprint.get("/api/configs/events")
 @document_response(EventStream)
-@document_errors(503)
+@document_errors(429, 503)
 async def config_events() -> Response:
     """Server-sent events: `saved`/`deleted` per change, `reset` when Last-Event-ID is too old."""
-    return event_stream_response(request.headers.get("Last-Event-ID"))
+    # A stream ends when its token expires (and at EVENTS_MAX_SECONDS): the client reconnects
+    # with a fresh token and Last-Event-ID.
+    return event_stream_response(request.headers.get("Last-Event-ID"), token_expiry())
 
 
 @blueprint.get("/api/configs/<mac_address>.json")
 @document_response(DeviceDocument, headers_model_class=ETagHeader)
 @document_headers(ConditionalHeaders)
-@document_errors(400, 404, 412, 422, 503)
+@document_errors(400, 404, 412, 422, 429, 503)
 async def get_device_config(mac_address: str) -> Response:
     """The device's document; If-None-Match answers 304, or waits with `Prefer: wait=n`."""
     waiting = current_waiting()
@@ -95,7 +97,7 @@ async def get_device_config(mac_address: str) -> Response:
             ):
                 raise PreconditionFailed(mac_address.lower(), "If-Match")
             if etag and request.if_none_match.contains_weak(etag):
-                if not seconds or not await waiting.changed(waiter, etag, seconds):
+                if not seconds or not await waiting.wait_for_change(waiter, etag, seconds):
                     return preference_applied(not_modified(etag), seconds)
                 waited = seconds
         stored = await get_after_wait(mac_address, waited)

@@ -46,7 +46,9 @@ const provider = new Provider(issuer, {
           audience,
           scope: 'iot-config-reader iot-config-writer',
           accessTokenFormat: 'jwt',
-          accessTokenTTL: 600,
+          // A client may ask for short-lived tokens (`access_token_ttl`, seconds).
+          accessTokenTTL:
+            clients.find((c) => c.client_id === ctx.oidc.client?.clientId)?.access_token_ttl ?? 600,
           jwt: { sign: { alg: jwks.keys[0].alg } },
         };
       },
