@@ -112,6 +112,7 @@ class PostgresBackend:
         self._listed: tuple[int, bytes, int] | None = None  # (last change id, body, count)
         self._tasks: list[asyncio.Task[None]] = []
         self._survey: tuple[int, int] | None = None  # (versions, bytes), as last surveyed
+        self.listener: Listener | None = None
         self._pruned = 0  # versions retention removed in this process
 
     @classmethod
@@ -137,8 +138,8 @@ class PostgresBackend:
         """Connect and migrate if the database answers (SchemaTooNew stops the start), else
         go on connecting in the background; then listen, and prune now and then."""
         await self.db.open()
-        listener = Listener(self.db.connect, sink, self.limits.timeout)
-        self._tasks = [asyncio.create_task(listener.run(), name="postgres listener")]
+        self.listener = Listener(self.db.connect, sink, self.limits.timeout)
+        self._tasks = [asyncio.create_task(self.listener.run(), name="postgres listener")]
         try:
             await self._prepare()
         except StorageUnavailable as error:
@@ -149,6 +150,8 @@ class PostgresBackend:
             raise
         else:
             self._serve_in_background()
+            with contextlib.suppress(TimeoutError):  # serving starts listening to changes
+                await asyncio.wait_for(self.listener.listening.wait(), self.limits.timeout)
 
     def _serve_in_background(self) -> None:
         self._spawn(self._prune_now_and_then(), "postgres retention")
@@ -356,10 +359,13 @@ class PostgresBackend:
 
     async def changes_after(self, change_id: str) -> list[Change] | None:
         """The changes after `change_id` (`<epoch>-<n>`), oldest first; None when they are no
-        longer all kept, or the id is not of this database."""
+        longer all kept, the id is not of this database, or this process does not listen to
+        changes now (those after the answer could be missed)."""
         epoch, _, number = change_id.partition("-")
         if epoch != self.epoch or not number.isdigit() or len(number) > 18:
             return None
+        if self.listener is None or not self.listener.listening.is_set():
+            return None  # changes from now on might not be heard: no promise of the rest
         after = int(number)
         last, first = await self._read(
             "SELECT last_id, (SELECT min(id) FROM config_changes) FROM config_feed"
