@@ -20,7 +20,7 @@ from quart_iot.app import create_app
 from quart_iot.correlation import HEADER
 from quart_iot.settings import Settings, SettingsError, load_settings
 from quart_iot.shutdown import GracefulStop
-from quart_iot.store import stop_worker_threads
+from quart_iot.store import ConfigStore, stop_worker_threads
 from quart_iot.waiting import PEERS_ENV
 
 log = logging.getLogger("quart_iot")
@@ -148,7 +148,12 @@ def main() -> int:
     config = hypercorn_config(settings)
     if settings.workers > 1:
         own_socket(config, settings.workers)
-    asyncio.run(serve_until_stopped(app, config))
+    try:
+        asyncio.run(serve_until_stopped(app, config))
+    except Exception:
+        if ConfigStore.of(app).start_refused is None:
+            raise
+        return 1  # the store said why, in one line
     stop_worker_threads()  # a write that outlived SHUTDOWN_TIMEOUT ends first: it is atomic
     if graceful_stop(app).gave_up:
         log.warning("stopping: the write(s) still running at SHUTDOWN_TIMEOUT have ended")

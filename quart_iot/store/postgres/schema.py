@@ -5,6 +5,8 @@ import logging
 import secrets
 from typing import TYPE_CHECKING
 
+from quart_iot.store.backend import StartRefused
+
 if TYPE_CHECKING:
     from quart_iot.store.postgres.database import Connection
 
@@ -58,7 +60,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-class SchemaTooNew(Exception):
+class SchemaTooNew(StartRefused):
     """The database was migrated by a newer version of the service than this one."""
 
     def __init__(self, found: int) -> None:
