@@ -36,13 +36,16 @@ def peak_memory(pid: int) -> int:
 
 
 class BenchServer:
-    """`python -m quart_iot` on a loopback port serving `directory`, logging to `log`."""
+    """`python -m quart_iot` on a loopback port serving `directory` (or the database of
+    DATABASE_URL in `env`), logging to `log`."""
 
     def __init__(self, directory: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "ESP32_CONFIGS_DIR": str(directory), "PORT": str(self.port)}
         self.env.update(env or {})
+        if "DATABASE_URL" in self.env:  # the PostgreSQL store instead of the directory
+            del self.env["ESP32_CONFIGS_DIR"]
         self.env.pop("LOG_LEVEL", None)  # the deployed default
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None

@@ -90,13 +90,13 @@ class Cluster:
     def init(self) -> None:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8")
 
-    def start(self) -> None:
+    def start(self, settings: str = "-c fsync=off -c full_page_writes=off") -> None:
         # fsync off: a test never survives an OS crash; a server crash (stop -m immediate)
         # still loses no commit, since every commit is written to the WAL before it is
-        # acknowledged (synchronous_commit stays on).
+        # acknowledged (synchronous_commit stays on). The benchmark keeps fsync on.
         options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
-            "-c full_page_writes=off -c max_connections=300"
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} {settings} "
+            "-c max_connections=300"
         )
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
                   "-w", "-t", "60", "start")  # fmt: skip
