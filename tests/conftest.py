@@ -105,6 +105,11 @@ async def app(settings: Settings) -> AsyncIterator[Quart]:
 
 
 @pytest.fixture
+def client(app: Quart) -> Client:
+    return app.test_client()
+
+
+@pytest.fixture
 async def serving(
     make_settings: Callable[..., Settings],
 ) -> AsyncIterator[Callable[..., Awaitable[Quart]]]:
@@ -120,11 +125,6 @@ async def serving(
             return app
 
         yield serve
-
-
-@pytest.fixture
-def client(app: Quart) -> Client:
-    return app.test_client()
 
 
 @pytest.fixture
