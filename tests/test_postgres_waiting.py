@@ -15,7 +15,7 @@ from quart import Quart
 from quart_iot.documents import etag_of
 from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore
-from quart_iot.waiting import Waiting
+from quart_iot.waiting import PEERS_ENV, Peers, Waiting
 from tests.conftest import MAC, OTHER_MAC
 from tests.test_waiting_streams import Frame, open_stream, pull, pull_events, put
 
@@ -176,3 +176,12 @@ async def test_a_thousand_waiters_hold_a_few_connections(
                 seen.add((data["mac_address"], data["etag"]))
         await stream.aclose()
     assert await connections(settings.database_url) <= 4 + 2
+
+
+async def test_workers_on_a_database_send_no_datagrams(
+    serving: Serving, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PEERS_ENV, "quart_iot-peers-test:0:2")  # as WORKERS=2 sets it
+    assert Peers.from_environment() is not None  # the directory store would use it
+    app = await serving()
+    assert Waiting.of(app).peers is None  # NOTIFY reaches every worker
