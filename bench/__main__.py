@@ -3,9 +3,12 @@
 For each N: a fresh scratch directory under bench/.work/ filled with N documents, a fresh
 `python -m quart_iot`, then `--runs` rounds of every scenario (the ceiling first in each
 round, so every ratio compares figures of the same round). Writes bench/results/.
+`--store postgres`: the same with the documents copied into a throw-away PostgreSQL
+(`python -m quart_iot copy`), written to bench/results/postgres.md.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -16,10 +19,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from bench import postgres
 from bench.documents import fill_directory, mac_of, make_document
 from bench.report import CEILING, Pair, SizeResult, markdown, targets, verdict
 from bench.server import BenchServer, peak_memory
 from bench.wrk import CONNECTIONS, Measurement, Scenario, require_wrk, run_wrk
+from tests.pg import Cluster
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
@@ -37,6 +42,7 @@ def arguments(argv: list[str]) -> argparse.Namespace:
         "--warmup", type=int, default=1, help="seconds of an unmeasured run before each"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
+    parser.add_argument("--store", choices=("directory", "postgres"), default="directory")
     return parser.parse_args(argv)
 
 
@@ -56,14 +62,20 @@ def scenarios(work: Path, etag: str) -> list[Scenario]:
     ]
 
 
-def bench_size(wrk: str, size: int, args: argparse.Namespace) -> SizeResult:
-    """Fill a fresh directory with `size` documents and measure every scenario on it."""
+def bench_size(
+    wrk: str, size: int, args: argparse.Namespace, database: Cluster | None = None
+) -> SizeResult:
+    """Fill a fresh directory (and database) with `size` documents and measure every
+    scenario on it."""
     work = WORK / f"n{size}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "configs").mkdir(parents=True)
     total = fill_directory(work / "configs", size)
     print(f"N={size}: {total / 2**20:.1f} MiB of documents in {work / 'configs'}", flush=True)
-    with BenchServer(work / "configs", work / "server.log") as server:
+    env = {}
+    if database is not None:
+        env["DATABASE_URL"] = postgres.database(database, f"n{size}", work / "configs")
+    with BenchServer(work / "configs", work / "server.log", env) as server:
         listing, _ = server.fetch("/api/configs")
         assert json.loads(listing)["count"] == size, "the server does not list every document"
         _, headers = server.fetch(f"/api/configs/{READ_MAC}.json")
@@ -105,8 +117,10 @@ def header(args: argparse.Namespace) -> str:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
     ).stdout.strip()
     return (
-        "# Benchmark results\n\n"
-        f"`./pdmw run bench` at commit {commit or '?'}, {time.strftime('%Y-%m-%d %H:%M')}: "
+        f"# Benchmark results: the {args.store} store\n\n"
+        f"`./pdmw run bench --store {args.store} --sizes {args.sizes} --runs {args.runs} "
+        f"--seconds {args.seconds}` at commit {commit or '?'}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}: "
         f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}. wrk, 1 thread, {CONNECTIONS} connections, "
         f"{args.seconds:g} s per run after a {args.warmup:g} s warm-up; medians of "
@@ -117,15 +131,16 @@ def header(args: argparse.Namespace) -> str:
 
 
 def write_results(results: dict[int, SizeResult], args: argparse.Namespace) -> str:
-    page = markdown(results, header(args))
+    page = markdown(results, header(args), args.store)
+    name = "results" if args.store == "directory" else args.store
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text(page, encoding="utf-8")
+    (args.out / f"{name}.md").write_text(page, encoding="utf-8")
     raw = {
         "settings": {key: str(value) for key, value in vars(args).items() if key != "out"},
         "sizes": [asdict(result) for result in results.values()],
-        "targets": [asdict(target) for target in targets(results)],
+        "targets": [asdict(target) for target in targets(results, args.store)],
     }
-    (args.out / "results.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    (args.out / f"{name}.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
     return page
 
 
@@ -133,9 +148,11 @@ def main(argv: list[str]) -> int:
     args = arguments(argv)
     wrk = require_wrk()
     sizes = [int(size) for size in args.sizes.split(",")]
-    results = {size: bench_size(wrk, size, args) for size in sizes}
+    with contextlib.ExitStack() as stack:
+        database = stack.enter_context(postgres.cluster()) if args.store == "postgres" else None
+        results = {size: bench_size(wrk, size, args, database) for size in sizes}
     print(write_results(results, args))
-    failed = [target for target in targets(results) if target.passed is False]
+    failed = [target for target in targets(results, args.store) if target.passed is False]
     for target in failed:
         print(f"{verdict(target)}: {target.label} at N={target.documents}", file=sys.stderr)
     return 1 if failed else 0

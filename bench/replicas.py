@@ -1,147 +1,148 @@
-"""`./pdmw run python -m bench.replicas`: two replicas on one directory of 20,000 documents.
+"""`./pdmw run bench-replicas`: replicas of the PostgreSQL store on one database.
 
-Each document has a history (one version, as a first save leaves it), so the history survey
-has its full work. Measures, on replica A:
+- get throughput of two replicas (`python -m quart_iot` each) against one, the same wrk load
+  (32 connections; split 16 + 16 over the two), medians of `--runs` rounds;
+- the cross-replica wake-up: a device long polls replica B (`Prefer: wait`), a PUT of its
+  document goes to replica A; the time from sending the PUT to B's answer, `--wakeups`
+  samples, p50 and p99.
 
-- idle CPU: A's CPU time over `--idle` seconds with no request, as a share of one core;
-- cross-replica wake-up: a long poll held on A (`Prefer: wait=60`), a PUT of that device
-  through B; the time from B's answer to A's answer of the long poll, `--samples` times,
-  one device at a time, spread over the sweep's cycle. Nothing but the directory tells A
-  of B's write: A learns of it at its next sweep.
-
-`--survey-every 1` makes the history survey run every second (HISTORY_MAX_DAYS of two
-seconds; a survey runs every half of it, and each device's one version, the newest of a
-live device, stays): what every wake-up met while a survey ran, when it shared the sweep's
-loop. Prints the figures (medians, p90, max). Run it from a checkout to measure that one.
+Writes bench/results/replicas.md and replicas.json.
 """
 
 import argparse
 import asyncio
 import json
 import os
-import random
-import shutil
+import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
+
+from bench import postgres
 from bench.documents import fill_directory, mac_of
-from bench.server import BenchServer, cpu_seconds
+from bench.server import BenchServer
+from bench.wrk import Scenario, parse_wrk, require_wrk, wrk_command
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work" / "replicas"
-ENV = {"MAX_WAIT_SECONDS": "60", "LOG_LEVEL": "WARNING"}
+RESULTS = HERE / "results"
+READ_MAC = mac_of(101)
 
 
-def with_history(directory: Path, count: int) -> None:
-    """Each document kept as one version, as a first save keeps it."""
-    shelves = directory / ".history"
-    shelves.mkdir()
-    first = time.time_ns() - 86_400 * 10**9
-    for index in range(count):
-        mac = mac_of(index)
-        (shelves / mac).mkdir()
-        version = shelves / mac / f"{first + index:019d}-00000000.created.json"
-        os.link(directory / f"{mac}.json", version)
+def arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench.replicas", description=__doc__)
+    parser.add_argument("--documents", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--wakeups", type=int, default=200)
+    return parser.parse_args(argv)
 
 
-async def exchange(port: int, head: str, body: bytes = b"") -> tuple[int, dict[str, str]]:
-    """One HTTP/1.1 request on its own connection: the status and headers of the answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(head.encode() + body)
-    raw = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-    status_line, *lines = raw.split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    await reader.readexactly(int(headers.get("content-length", "0")))
-    writer.close()
-    return int(status_line.split()[1]), headers
+def get_rps(wrk: str, servers: list[BenchServer], seconds: int) -> float:
+    """Requests per second of `GET /api/configs/<mac>` spread over the servers."""
+    scenario = Scenario("get", f"/api/configs/{READ_MAC}")
+    connections = str(32 // len(servers))
+    commands = [
+        [part if part != "-c32" else f"-c{connections}" for part in
+         wrk_command(wrk, server, scenario, seconds)]
+        for server in servers
+    ]  # fmt: skip
+    running = [subprocess.Popen(c, stdout=subprocess.PIPE, text=True) for c in commands]
+    total = 0.0
+    for process in running:
+        out, _ = process.communicate(timeout=seconds + 60)
+        raw = parse_wrk(out)
+        if any(raw["errors"].values()):
+            raise SystemExit(f"wrk reported errors {raw['errors']}")
+        total += raw["requests"] / (raw["duration_us"] / 1e6)
+    return total
 
 
-async def etag_of(port: int, mac: str) -> str:
-    _, headers = await exchange(
-        port, f"GET /api/configs/{mac}.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    return headers["etag"]
+async def wakeups(a: BenchServer, b: BenchServer, count: int) -> list[float]:
+    """Milliseconds from a PUT sent to A to the answer of a long poll held on B."""
+    samples = []
+    async with httpx.AsyncClient(timeout=30) as http:
+        for n in range(count):
+            mac = mac_of(n % 50)
+            etag = (await http.get(f"{b.url}/api/configs/{mac}.json")).headers["ETag"]
+            wait = {"If-None-Match": etag, "Prefer": "wait=20"}
+            held = asyncio.create_task(http.get(f"{b.url}/api/configs/{mac}.json", headers=wait))
+            await asyncio.sleep(0.05)  # held on B by now
+            sent = time.perf_counter()
+            await http.put(f"{a.url}/api/configs/{mac}", json={"content": {"n": n}})
+            answer = await held
+            samples.append((time.perf_counter() - sent) * 1000)
+            assert answer.status_code == 200, answer.text
+    return samples
 
 
-async def put(port: int, mac: str, value: int) -> None:
-    body = json.dumps({"content": {"deviceName": mac, "v": value}}).encode()
-    head = (
-        f"PUT /api/configs/{mac} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    status, _ = await exchange(port, head, body)
-    assert status == 200, status
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-async def one_wake_up(a: BenchServer, b: BenchServer, mac: str, value: int) -> float:
-    """Seconds from B's answer to a PUT to A's answer to the long poll held on that device."""
-    etag = await etag_of(a.port, mac)
-    head = (
-        f"GET /api/configs/{mac}.json HTTP/1.1\r\nHost: 127.0.0.1\r\nIf-None-Match: {etag}\r\n"
-        "Prefer: wait=60\r\n\r\n"
-    )
-    poll = asyncio.create_task(exchange(a.port, head))
-    await asyncio.sleep(0.1)  # held (the write must not land before the poll reads its ETag)
-    await put(b.port, mac, value)
-    written = time.perf_counter()
-    status, _ = await poll
-    assert status == 200, status
-    return time.perf_counter() - written
+def main(argv: list[str]) -> int:
+    args = arguments(argv)
+    wrk = require_wrk()
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "configs").mkdir(exist_ok=True)
+    fill_directory(WORK / "configs", args.documents)
+    with postgres.cluster() as cluster:
+        url = postgres.database(cluster, "replicas", WORK / "configs")
+        env = {"DATABASE_URL": url}
+        with (
+            BenchServer(WORK / "configs", WORK / "a.log", env) as a,
+            BenchServer(WORK / "configs", WORK / "b.log", env) as b,
+        ):
+            get_rps(wrk, [a, b], 1)  # warm-up
+            rounds = [(get_rps(wrk, [a], args.seconds), get_rps(wrk, [a, b], args.seconds))
+                      for _ in range(args.runs)]  # fmt: skip
+            samples = asyncio.run(wakeups(a, b, args.wakeups))
+    ratio = statistics.median(two / one for one, two in rounds)
+    p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+    page = report(args, rounds, ratio, p50, p99)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "replicas.md").write_text(page, encoding="utf-8")
+    raw = {"args": vars(args), "rounds": rounds, "wakeup_ms": samples}
+    (RESULTS / "replicas.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
+    print(page)
+    return 0 if ratio >= 1.4 and p99 < 100 else 1
 
 
-async def wake_ups(a: BenchServer, b: BenchServer, devices: int, samples: int) -> list[float]:
-    rng = random.Random(11)
-    latencies = []
-    for value in range(samples):
-        latencies.append(await one_wake_up(a, b, mac_of(rng.randrange(devices)), value))
-        await asyncio.sleep(rng.uniform(0, 0.5))  # land anywhere in A's sweep cycle
-    return latencies
-
-
-def idle_cpu(server: BenchServer, seconds: float) -> float:
-    """A's CPU over `seconds` with no request, as a share of one core."""
-    before, started = cpu_seconds(server.pid), time.monotonic()
-    time.sleep(seconds)
-    return (cpu_seconds(server.pid) - before) / (time.monotonic() - started)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--documents", type=int, default=20_000)
-    parser.add_argument("--samples", type=int, default=40)
-    parser.add_argument("--idle", type=float, default=65.0, help="seconds: a survey is in")
-    parser.add_argument("--survey-every", type=float, help="seconds (default: a minute)")
-    args = parser.parse_args()
-    env = dict(ENV)
-    if args.survey_every:
-        env["HISTORY_MAX_DAYS"] = str(2 * args.survey_every / 86400)
-    shutil.rmtree(WORK, ignore_errors=True)
-    directory = WORK / "configs"
-    directory.mkdir(parents=True)
-    fill_directory(directory, args.documents)
-    with_history(directory, args.documents)
-    with (
-        BenchServer(directory, WORK / "a.log", env) as a,
-        BenchServer(directory, WORK / "b.log", env) as b,
-    ):
-        a.fetch("/api/configs")  # the first list reads every file; then the index is warm
-        b.fetch("/api/configs")
-        time.sleep(3)
-        cpu = idle_cpu(a, args.idle)
-        latencies = sorted(asyncio.run(wake_ups(a, b, args.documents, args.samples)))
-    ms = [latency * 1000 for latency in latencies]
-    every = f"every {args.survey_every:g} s" if args.survey_every else "every minute"
-    print(
-        f"{args.documents} documents, each with a history; two replicas on one directory; "
-        f"a history survey {every}"
-    )
-    print(f"  idle CPU of replica A over {args.idle:g} s: {cpu * 100:.1f} % of one core")
-    print(
-        f"  cross-replica wake-up, {len(ms)} samples: median {statistics.median(ms):.0f} ms, "
-        f"p90 {ms[int(len(ms) * 0.9)]:.0f} ms, max {ms[-1]:.0f} ms"
+def report(
+    args: argparse.Namespace,
+    rounds: list[tuple[float, float]],
+    ratio: float,
+    p50: float,
+    p99: float,
+) -> str:
+    load = os.getloadavg()
+    each = ", ".join(f"{one:.0f} -> {two:.0f} req/s" for one, two in rounds)
+    return "\n".join(
+        [
+            "# Replicas on one PostgreSQL database",
+            "",
+            f"`./pdmw run bench-replicas --documents {args.documents} --runs {args.runs} "
+            f"--seconds {args.seconds} --wakeups {args.wakeups}`, "
+            f"{time.strftime('%Y-%m-%d %H:%M')}: {os.cpu_count()} CPUs, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}; the database, both "
+            "replicas and wrk on the same machine; load average at the end "
+            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min).",
+            "",
+            "| target | measured | verdict |",
+            "|---|---:|---|",
+            f"| get: two replicas >= 1.4x one | {ratio:.2f}x (median; rounds: {each}) "
+            f"| {'PASS' if ratio >= 1.4 else 'FAIL'} |",
+            f"| cross-replica wake-up p99 < 100 ms | p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+            f"| {'PASS' if p99 < 100 else 'FAIL'} |",
+            "",
+        ]
     )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

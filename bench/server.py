@@ -49,6 +49,8 @@ class BenchServer:
         if directory is not None:
             self.env["ESP32_CONFIGS_DIR"] = str(directory)
         self.env.update(env or {})
+        if "DATABASE_URL" in self.env:  # the PostgreSQL store instead of the directory
+            self.env.pop("ESP32_CONFIGS_DIR", None)
         self.env.pop("LOG_LEVEL", None)  # the deployed default
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None

@@ -27,7 +27,7 @@ from quart_iot.correlation import HEADER
 from quart_iot.logs import configure_logging
 from quart_iot.settings import Settings, SettingsError, load_settings
 from quart_iot.shutdown import GracefulStop
-from quart_iot.store import stop_worker_threads
+from quart_iot.store import ConfigStore, stop_worker_threads
 from quart_iot.waiting import PEERS_ENV
 from quart_iot.workers import STOP_SIGNALS, ParentGone, Workers, inherited_sockets
 
@@ -117,7 +117,12 @@ def serve_sockets(settings: Settings, fds: list[int]) -> int:
     config = hypercorn_config(settings)
     config.bind = [f"fd://{fd}" for fd in fds]
     config.backlog = ACCEPTS_PER_WAKEUP  # the queue stays BACKLOG (http1.ListeningSocket)
-    asyncio.run(serve_until_stopped(app, config, signals))
+    try:
+        asyncio.run(serve_until_stopped(app, config, signals))
+    except Exception:
+        if ConfigStore.of(app).start_refused is None:
+            raise
+        return 1  # the store said why, in one line
     stop_worker_threads()  # a write that outlived SHUTDOWN_TIMEOUT ends first: it is atomic
     if GracefulStop.of(app).gave_up:
         log.warning("stopping: the write(s) still running at SHUTDOWN_TIMEOUT have ended")

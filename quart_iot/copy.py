@@ -35,6 +35,7 @@ from quart_iot.store.directory.files import (
 from quart_iot.store.directory.versions import Shelves, Version
 from quart_iot.store.postgres import transfer
 from quart_iot.store.postgres.database import UNAVAILABLE, Database, Limits, reason_of
+from quart_iot.store.postgres.history import subject_of
 from quart_iot.store.postgres.schema import SchemaTooNew, migrate, schema_version
 from quart_iot.store.records import summary_json
 
@@ -287,7 +288,8 @@ class DatabaseStore:
                 async for row in transfer.rows(self.conn, transfer.VERSIONS):
                     while documents and documents[0].mac < row["mac"]:
                         yield documents.popleft()
-                    yield Kept(row["mac"], row["id"], row["change"], row["data"], row["subject"])
+                    subject = subject_of(row)
+                    yield Kept(row["mac"], row["id"], row["change"], row["data"], subject)
             for document in documents:
                 yield document
 
@@ -299,7 +301,8 @@ class DatabaseStore:
     async def put(self, item: Document | Kept) -> None:
         summary = summary_json(item.mac, parse_document(item.data))
         if isinstance(item, Kept):  # written in batches: versions touch no live row
-            version = (item.id, item.change, item.data, etag_of(item.data), summary, item.subject)
+            subject = item.subject.encode("utf-8", "replace") if item.subject is not None else None
+            version = (item.id, item.change, item.data, etag_of(item.data), summary, subject)
             self._versions.append((item.mac, *version))
             if len(self._versions) >= BATCH:
                 await self._flush()

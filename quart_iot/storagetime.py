@@ -1,7 +1,9 @@
-"""The time a request spends on storage work: measured in the worker threads that do it."""
+"""The time a request spends on storage work: measured in the worker threads that do it, or
+around the awaits of an async store (PostgreSQL)."""
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TypeVar
 
@@ -39,3 +41,15 @@ def timed(func: Callable[[], R]) -> Callable[[], R]:
             durations.append(time.perf_counter() - started)
 
     return run
+
+
+@contextlib.contextmanager
+def measured() -> Iterator[None]:
+    """Count the block as storage work of the current request (an await on the event loop)."""
+    durations = _spent.get()
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        if durations is not None:
+            durations.append(time.perf_counter() - started)

@@ -1,23 +1,36 @@
 """Fixtures: backend -> settings -> app -> client and store, each test with its own storage.
 
 `backend` names the store the API tests run against; a second store joins its parameters
-(and `SETTINGS` its factory) without a change to any test. A test that touches the
-directory's files asks for `configs_dir`, and so runs against the directory store only.
+(and `SETTINGS` its factory) without a change to any test. A test about the directory's files
+asks for `configs_dir`, and so is collected for the directory store only (no postgres case
+at all, not a skipped one). A test of a change made outside this process (a hand edit of the
+directory, another replica or `copy` for PostgreSQL) asks for `outside`.
 """
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import asyncpg
 import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol
 
 from quart_iot.app import create_app
+from quart_iot.documents import etag_of, parse_document
 from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore, DirectoryBackend
-from tests.pg import pg_cluster, pg_databases, pg_url  # noqa: F401 (fixtures: a real PostgreSQL)
+from quart_iot.store.postgres import statements
+from quart_iot.store.records import summary_json
+from tests.pg import (  # noqa: F401 (fixtures: a real PostgreSQL)
+    pg_admin,
+    pg_cluster,
+    pg_databases,
+    pg_empty_url,
+    pg_url,
+)
 
 MAC = "aa-bb-cc-dd-ee-ff"
 OTHER_MAC = "00-11-22-33-44-55"
@@ -33,45 +46,50 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name.upper(), raising=False)
 
 
+@pytest.hookimpl(tryfirst=True)  # before the fixture's own parameters are applied
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that needs the directory's files (`configs_dir`, asked for directly or by a
+    fixture it uses) is collected for the directory store alone."""
+    if "configs_dir" in metafunc.fixturenames and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", ["directory"])
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     """The store the test runs against."""
     return str(request.param)
 
 
-def directory_settings(request: pytest.FixtureRequest, **settings: Any) -> Settings:
-    directory = request.getfixturevalue("tmp_path") / "configs"
+@pytest.fixture
+def store_directory(tmp_path: Path) -> Path:
+    """Where the directory store of a test keeps its documents."""
+    directory = tmp_path / "configs"
     directory.mkdir(exist_ok=True)
-    return Settings(esp32_configs_dir=directory, _env_file=None, **settings)
+    return directory
 
 
-def postgres_settings(request: pytest.FixtureRequest, **settings: Any) -> Settings:
-    url = request.getfixturevalue("pg_url")
-    return Settings(database_url=url, _env_file=None, **settings)
-
-
-# How each store's settings are made: (the test's request, extra settings) -> Settings.
+# Each store: the fixture that gives where a test's store keeps its documents, and how the
+# settings name it.
+LOCATIONS = {"directory": "store_directory", "postgres": "pg_url"}
 SETTINGS: dict[str, Callable[..., Settings]] = {
-    "directory": directory_settings,
-    "postgres": postgres_settings,
+    "directory": lambda where, **more: Settings(esp32_configs_dir=where, _env_file=None, **more),
+    "postgres": lambda where, **more: Settings(database_url=where, _env_file=None, **more),
 }
 
 
 @pytest.fixture
 def make_settings(backend: str, request: pytest.FixtureRequest) -> Callable[..., Settings]:
     """Settings for the test's store, with extra settings (`history_max_versions=3`...)."""
-    return lambda **settings: SETTINGS[backend](request, **settings)
+    where = request.getfixturevalue(LOCATIONS[backend])  # now, not on the test's event loop
+    return lambda **settings: SETTINGS[backend](where, **settings)
 
 
 @pytest.fixture
-def configs_dir(backend: str, tmp_path: Path) -> Path:
+def configs_dir(backend: str, store_directory: Path) -> Path:
     """The directory store's directory: a test that reads or writes its files is about the
     directory store, and runs against it only."""
-    if backend != "directory":
-        pytest.skip("about the directory store's files")
-    directory = tmp_path / "configs"
-    directory.mkdir(exist_ok=True)
-    return directory
+    assert backend == "directory"  # pytest_generate_tests collects no other case
+    return store_directory
 
 
 @pytest.fixture
@@ -92,6 +110,24 @@ def client(app: Quart) -> Client:
 
 
 @pytest.fixture
+async def serving(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[Callable[..., Awaitable[Quart]]]:
+    """Starts apps on the test's store with extra settings (`cors_origins=[...]`...), each
+    serving until the end of the test."""
+    async with AsyncExitStack() as stack:
+
+        async def serve(**settings: Any) -> Quart:
+            app = create_app(make_settings(**settings))
+            test_app = app.test_app()
+            await test_app.startup()
+            stack.push_async_callback(test_app.shutdown)
+            return app
+
+        yield serve
+
+
+@pytest.fixture
 def store(app: Quart) -> ConfigStore:
     return ConfigStore.of(app)
 
@@ -108,3 +144,65 @@ def write_config(directory: Path, mac: str, content: Any) -> Path:
     path = directory / f"{mac}.json"
     path.write_text(json.dumps(content), encoding="utf-8")
     return path
+
+
+class Outside(Protocol):
+    """A writer outside this process: a person or tool editing the directory; for PostgreSQL
+    `python -m quart_iot copy` (any bytes, kept as they are) or another replica."""
+
+    async def put(self, mac: str, document: Any) -> None:
+        """Store `document` (bytes: exactly these; else its JSON) as the device's."""
+
+    async def remove(self, mac: str) -> None:
+        """Remove the device's document."""
+
+
+def as_bytes(document: Any) -> bytes:
+    return document if isinstance(document, bytes) else json.dumps(document).encode()
+
+
+class OutsideDirectory:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def put(self, mac: str, document: Any) -> None:
+        """A new file renamed over the old one, as editors and tools write (the history
+        links the old file: an edit in place would change a kept version)."""
+        new = self.directory / f"{mac}.json.new"
+        new.write_bytes(as_bytes(document))
+        new.rename(self.directory / f"{mac}.json")
+
+    async def remove(self, mac: str) -> None:
+        (self.directory / f"{mac}.json").unlink()
+
+
+class OutsideDatabase:
+    """Writes as `copy` does (transfer.py's statement: a change and its NOTIFY, no version),
+    and removes as another replica's delete."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def put(self, mac: str, document: Any) -> None:
+        raw = as_bytes(document)
+        summary = summary_json(mac, parse_document(raw))
+        await self._run(statements.PUT_DOCUMENT, mac, raw, etag_of(raw), summary)
+
+    async def remove(self, mac: str) -> None:
+        await self._run(statements.DELETE, mac, None, None, 50, 90 * 86_400 * 10**9)
+
+    async def _run(self, statement: str, *args: Any) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute(statement, *args)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+def outside(settings: Settings) -> Outside:
+    """Changes made outside this process, to the test's store."""
+    if settings.database_url is not None:
+        return OutsideDatabase(settings.database_url)
+    assert settings.esp32_configs_dir is not None
+    return OutsideDirectory(settings.esp32_configs_dir)

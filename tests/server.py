@@ -26,7 +26,8 @@ def free_port() -> int:
 
 
 class Server:
-    """One `python -m quart_iot` process serving `directory` on a loopback port."""
+    """One `python -m quart_iot` process serving `directory` on a loopback port (or, with
+    DATABASE_URL in `env`, a PostgreSQL database; `directory` is then its working directory)."""
 
     def __init__(
         self,
@@ -47,6 +48,8 @@ class Server:
             "LOG_LEVEL": "WARNING",
             **(env or {}),
         }
+        if "DATABASE_URL" in self.env:
+            del self.env["ESP32_CONFIGS_DIR"]
         self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="quart_iot-server-", suffix=".log")[1])
 

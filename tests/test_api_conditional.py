@@ -1,8 +1,7 @@
 import asyncio
 import json
-from pathlib import Path
 
-from tests.conftest import MAC, Client, write_config
+from tests.conftest import MAC, Client, Outside
 from tests.harness import ERROR_KEYS
 
 
@@ -16,9 +15,7 @@ async def test_etag_is_the_same_on_get_device_get_and_put(client: Client) -> Non
     assert put.headers["ETag"] == await etag_of(client) == device.headers["ETag"]
 
 
-async def test_etag_changes_with_content_and_is_derived_from_bytes(
-    client: Client, tmp_path: Path
-) -> None:
+async def test_etag_changes_with_content_and_is_derived_from_bytes(client: Client) -> None:
     first = (await client.put(f"/api/configs/{MAC}", json={"content": {"a": 1}})).headers["ETag"]
     second = (await client.put(f"/api/configs/{MAC}", json={"content": {"a": 2}})).headers["ETag"]
     again = (await client.put(f"/api/configs/{MAC}", json={"content": {"a": 1}})).headers["ETag"]
@@ -37,9 +34,9 @@ async def test_if_match_with_current_etag_writes(client: Client) -> None:
 
 
 async def test_if_match_mismatch_is_412_and_changes_nothing(
-    client: Client, configs_dir: Path
+    client: Client, outside: Outside
 ) -> None:
-    write_config(configs_dir, MAC, {"v": 1})
+    await outside.put(MAC, {"v": 1})
     response = await client.put(
         f"/api/configs/{MAC}", json={"content": {"v": 2}}, headers={"If-Match": '"stale"'}
     )
@@ -48,7 +45,8 @@ async def test_if_match_mismatch_is_412_and_changes_nothing(
     assert body["code"] == "PRECONDITION_FAILED"
     assert set(body) == ERROR_KEYS
     assert body["status"] == response.status_code
-    assert json.loads((configs_dir / f"{MAC}.json").read_text()) == {"v": 1}
+    kept = await client.get(f"/api/configs/{MAC}.json")
+    assert json.loads(await kept.get_data()) == {"v": 1}
 
 
 async def test_if_match_on_missing_config_is_412(client: Client) -> None:
@@ -65,11 +63,11 @@ async def test_if_none_match_star_creates_only(client: Client) -> None:
     assert (first.status_code, second.status_code) == (200, 412)
 
 
-async def test_delete_with_if_match(client: Client, configs_dir: Path) -> None:
-    write_config(configs_dir, MAC, {"v": 1})
+async def test_delete_with_if_match(client: Client, outside: Outside) -> None:
+    await outside.put(MAC, {"v": 1})
     stale = await client.delete(f"/api/configs/{MAC}", headers={"If-Match": '"stale"'})
     assert stale.status_code == 412
-    assert (configs_dir / f"{MAC}.json").exists()
+    assert (await client.get(f"/api/configs/{MAC}")).status_code == 200
     current = await client.delete(
         f"/api/configs/{MAC}", headers={"If-Match": await etag_of(client)}
     )

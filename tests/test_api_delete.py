@@ -1,14 +1,13 @@
 from pathlib import Path
 
-from tests.conftest import MAC, Client, write_config
+from tests.conftest import MAC, Client, Outside
 
 
-async def test_delete_removes_the_config(client: Client, configs_dir: Path) -> None:
-    write_config(configs_dir, MAC, {})
+async def test_delete_removes_the_config(client: Client, outside: Outside) -> None:
+    await outside.put(MAC, {})
     response = await client.delete(f"/api/configs/{MAC.upper()}")
     assert response.status_code == 204
     assert await response.get_data() == b""
-    assert not (configs_dir / f"{MAC}.json").exists()
     assert (await client.get(f"/api/configs/{MAC}")).status_code == 404
     assert (await (await client.get("/api/configs")).get_json())["count"] == 0
 

@@ -3,14 +3,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MAC, Client, write_config
+from tests.conftest import MAC, Client, Outside, write_config
 from tests.harness import raw_request
 from tests.server import running_server
 
 
-async def test_get_returns_summary_and_content(client: Client, configs_dir: Path) -> None:
+async def test_get_returns_summary_and_content(client: Client, outside: Outside) -> None:
     content = {"deviceName": "Hall", "z": 1, "a": {"ü": "ß"}, "enableOTA": False}
-    write_config(configs_dir, MAC, content)
+    await outside.put(MAC, content)
     response = await client.get(f"/api/configs/{MAC}")
     assert response.status_code == 200
     body = await response.get_json()
@@ -34,8 +34,8 @@ async def test_get_of_unknown_mac_is_404(client: Client) -> None:
     assert "not found" in body["error"]
 
 
-async def test_uppercase_mac_reads_the_lowercase_file(client: Client, configs_dir: Path) -> None:
-    write_config(configs_dir, MAC, {"deviceName": "x"})
+async def test_uppercase_mac_reads_the_lowercase_document(client: Client) -> None:
+    await client.put(f"/api/configs/{MAC}", json={"content": {"deviceName": "x"}})
     response = await client.get(f"/api/configs/{MAC.upper()}")
     assert response.status_code == 200
     assert (await response.get_json())["mac_address"] == MAC
@@ -76,9 +76,9 @@ async def test_unreadable_file_is_422(client: Client, configs_dir: Path) -> None
     assert (await response.get_json())["code"] == "RECORD_UNREADABLE"
 
 
-async def test_device_endpoint_serves_stored_bytes(client: Client, configs_dir: Path) -> None:
+async def test_device_endpoint_serves_stored_bytes(client: Client, outside: Outside) -> None:
     raw = b'{"deviceName":   "as written",\n "n": 1}'
-    (configs_dir / f"{MAC}.json").write_bytes(raw)
+    await outside.put(MAC, raw)
     response = await client.get(f"/api/configs/{MAC.upper()}.json")
     assert response.status_code == 200
     assert await response.get_data() == raw
@@ -87,14 +87,14 @@ async def test_device_endpoint_serves_stored_bytes(client: Client, configs_dir: 
     assert response.headers["ETag"]
 
 
-async def test_device_endpoint_answers_304_to_its_etag(client: Client, configs_dir: Path) -> None:
-    write_config(configs_dir, MAC, {"v": 1})
+async def test_device_endpoint_answers_304_to_its_etag(client: Client, outside: Outside) -> None:
+    await outside.put(MAC, {"v": 1})
     etag = (await client.get(f"/api/configs/{MAC}.json")).headers["ETag"]
     response = await client.get(f"/api/configs/{MAC}.json", headers={"If-None-Match": etag})
     assert response.status_code == 304
     assert await response.get_data() == b""
     assert response.headers["ETag"] == etag
-    write_config(configs_dir, MAC, {"v": 2})
+    await outside.put(MAC, {"v": 2})
     response = await client.get(f"/api/configs/{MAC}.json", headers={"If-None-Match": etag})
     assert response.status_code == 200
     assert json.loads(await response.get_data()) == {"v": 2}
@@ -108,11 +108,10 @@ async def test_device_endpoint_of_unknown_mac_is_404(client: Client) -> None:
     assert response.status_code == 404
 
 
-def test_the_real_servers_304_has_no_content_length_but_the_validators(
-    configs_dir: Path,
-) -> None:
-    write_config(configs_dir, MAC, {"deviceName": "Hall", "v": 1})
-    with running_server(configs_dir) as server:
+def test_the_real_servers_304_has_no_content_length_but_the_validators(tmp_path: Path) -> None:
+    # About the HTTP server's 304, whatever the store: one store is enough.
+    write_config(tmp_path, MAC, {"deviceName": "Hall", "v": 1})
+    with running_server(tmp_path) as server:
         target = f"/api/configs/{MAC}.json".encode()
         full = raw_request(server.port, "GET", target)
         conditional = {"If-None-Match": full.headers["etag"]}
@@ -136,9 +135,9 @@ def test_the_real_servers_304_has_no_content_length_but_the_validators(
     "if_match", ['"stale"', 'W/"{etag}"', '"other", "more"'], ids=["stale", "weak", "list"]
 )
 async def test_device_endpoint_if_match_mismatch_is_412(
-    client: Client, configs_dir: Path, if_match: str
+    client: Client, outside: Outside, if_match: str
 ) -> None:
-    write_config(configs_dir, MAC, {"v": 1})
+    await outside.put(MAC, {"v": 1})
     etag = (await client.get(f"/api/configs/{MAC}.json")).headers["ETag"].strip('"')
     response = await client.get(
         f"/api/configs/{MAC}.json", headers={"If-Match": if_match.format(etag=etag)}
@@ -150,9 +149,9 @@ async def test_device_endpoint_if_match_mismatch_is_412(
 
 @pytest.mark.parametrize("if_match", ["*", '"stale", {etag}', "{etag}"])
 async def test_device_endpoint_if_match_that_matches_serves_the_document(
-    client: Client, configs_dir: Path, if_match: str
+    client: Client, outside: Outside, if_match: str
 ) -> None:
-    write_config(configs_dir, MAC, {"v": 1})
+    await outside.put(MAC, {"v": 1})
     etag = (await client.get(f"/api/configs/{MAC}.json")).headers["ETag"]
     response = await client.get(
         f"/api/configs/{MAC}.json", headers={"If-Match": if_match.format(etag=etag)}
@@ -171,9 +170,9 @@ async def test_device_endpoint_if_match_without_a_document_is_412(
 
 
 async def test_device_endpoint_if_match_wins_over_if_none_match(
-    client: Client, configs_dir: Path
+    client: Client, outside: Outside
 ) -> None:
-    write_config(configs_dir, MAC, {"v": 1})
+    await outside.put(MAC, {"v": 1})
     etag = (await client.get(f"/api/configs/{MAC}.json")).headers["ETag"]
     headers = {"If-Match": '"stale"', "If-None-Match": etag}
     response = await client.get(f"/api/configs/{MAC}.json", headers=headers)

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MAC, OTHER_MAC, Client, write_config
+from tests.conftest import MAC, OTHER_MAC, Client, Outside
 
 
 async def list_configs(client: Client) -> dict[str, Any]:
@@ -19,18 +19,18 @@ async def test_empty_directory_lists_nothing(client: Client) -> None:
     assert await list_configs(client) == {"configs": [], "count": 0}
 
 
-async def test_lists_several_sorted_by_mac(client: Client, configs_dir: Path) -> None:
+async def test_lists_several_sorted_by_mac(client: Client, outside: Outside) -> None:
     for mac in (MAC, OTHER_MAC, "0a-0b-0c-0d-0e-0f"):
-        write_config(configs_dir, mac, {"deviceName": mac})
+        await outside.put(mac, {"deviceName": mac})
     body = await list_configs(client)
     macs = [item["mac_address"] for item in body["configs"]]
     assert macs == [OTHER_MAC, "0a-0b-0c-0d-0e-0f", MAC]
     assert body["count"] == 3
 
 
-async def test_summary_fields_come_from_the_document(client: Client, configs_dir: Path) -> None:
+async def test_summary_fields_come_from_the_document(client: Client, outside: Outside) -> None:
     content = {"deviceName": "Hall", "deviceEntityId": "light.hall", "enableOTA": True, "x": 1}
-    write_config(configs_dir, MAC, content)
+    await outside.put(MAC, content)
     assert (await list_configs(client))["configs"] == [
         {
             "mac_address": MAC,
@@ -50,16 +50,16 @@ async def test_summary_fields_come_from_the_document(client: Client, configs_dir
     ],
 )
 async def test_missing_or_wrong_typed_summary_fields_are_null(
-    client: Client, configs_dir: Path, content: dict[str, Any]
+    client: Client, outside: Outside, content: dict[str, Any]
 ) -> None:
-    write_config(configs_dir, MAC, content)
+    await outside.put(MAC, content)
     assert (await list_configs(client))["configs"] == [
         {"mac_address": MAC, "device_name": None, "device_entity_id": None, "enable_ota": None}
     ]
 
 
 async def test_odd_entries_are_skipped(client: Client, configs_dir: Path) -> None:
-    write_config(configs_dir, MAC, {"deviceName": "good"})
+    (configs_dir / f"{MAC}.json").write_text(json.dumps({"deviceName": "good"}))
     (configs_dir / f"{OTHER_MAC}.json").write_text("{not json")
     (configs_dir / "01-02-03-04-05-06.json").write_text("[1, 2]")
     (configs_dir / "AA-BB-CC-DD-EE-00.json").write_text("{}")
@@ -84,11 +84,21 @@ async def test_bad_file_is_warned_once_not_per_request(
     assert len(warnings) == 1
 
 
-async def test_list_sees_files_added_and_removed_by_others(
-    client: Client, configs_dir: Path
+async def test_list_sees_documents_added_and_removed_by_others(
+    client: Client, outside: Outside
 ) -> None:
     assert (await list_configs(client))["count"] == 0
-    path = write_config(configs_dir, MAC, {"deviceName": "new"})
+    await outside.put(MAC, {"deviceName": "new"})
+    assert (await list_configs(client))["configs"][0]["device_name"] == "new"
+    await outside.put(MAC, {"deviceName": "replaced"})
+    assert (await list_configs(client))["configs"][0]["device_name"] == "replaced"
+    await outside.remove(MAC)
+    assert (await list_configs(client))["count"] == 0
+
+
+async def test_list_sees_a_file_renamed_over_another(client: Client, configs_dir: Path) -> None:
+    path = configs_dir / f"{MAC}.json"
+    path.write_text(json.dumps({"deviceName": "new"}))
     assert (await list_configs(client))["configs"][0]["device_name"] == "new"
     replacement = configs_dir / "replacement"
     replacement.write_text(json.dumps({"deviceName": "renamed over"}))

@@ -14,10 +14,12 @@ import pytest
 from quart import Quart
 
 from quart_iot.app import create_app
+from quart_iot.errors import ConfigNotFound
 from quart_iot.oidc import current_identity, request_subject, token_expiry
 from quart_iot.oidc.errors import InvalidToken
 from quart_iot.oidc.keys import KeySet
 from quart_iot.settings import Settings
+from quart_iot.store import ConfigStore
 from tests.conftest import MAC, OTHER_MAC, write_config
 from tests.oidc_provider import (
     AUDIENCE,
@@ -544,8 +546,12 @@ async def test_decisions_are_counted_and_tokens_never_logged(
             assert part not in logged
 
 
-async def test_roles_from_a_space_separated_scope(configs_dir: Path, provider: Provider) -> None:
-    settings = oidc_settings(provider.issuer, configs_dir, oidc_roles_claim="scope")
+async def test_roles_from_a_space_separated_scope(
+    make_settings: Callable[..., Settings], provider: Provider
+) -> None:
+    settings = make_settings(
+        oidc_issuer=provider.issuer, oidc_audience=AUDIENCE, oidc_roles_claim="scope"
+    )
     app = create_app(settings)
     token = await asyncio.to_thread(provider.token, "scoped", scope="iot-config-reader")
     headers = {"Authorization": f"Bearer {token}"}
@@ -615,13 +621,15 @@ async def test_plain_jwt_access_tokens_only_when_allowed_and_never_an_id_token(
 
 @pytest.mark.parametrize("plain_jwt", [False, True])
 async def test_an_id_token_from_a_real_login_is_not_an_access_token(
-    configs_dir: Path, provider: Provider, plain_jwt: bool
+    make_settings: Callable[..., Settings], provider: Provider, plain_jwt: bool
 ) -> None:
     """A person logs in (authorization code): the app gets an ID token beside its access
     token. With an audience equal to the client id (the old Authentik recipe), main accepted
     that ID token as an access token, and its roles let it write."""
-    settings = oidc_settings(provider.issuer, configs_dir, oidc_allow_plain_jwt=plain_jwt)
-    app = create_app(settings.model_copy(update={"oidc_audience": "spa"}))
+    settings = make_settings(
+        oidc_issuer=provider.issuer, oidc_audience="spa", oidc_allow_plain_jwt=plain_jwt
+    )
+    app = create_app(settings)
     for nonce in ("n-0S6_WzA2Mj", None):
         id_token = (await asyncio.to_thread(provider.login, "spa", nonce))["id_token"]
         async with app.test_app():
@@ -637,7 +645,9 @@ async def test_an_id_token_from_a_real_login_is_not_an_access_token(
             if plain_jwt
             else "The token is not a JWT access token (at+jwt)"
         )
-    assert not (configs_dir / f"{MAC}.json").exists()
+    async with app.test_app():  # nothing was written
+        with pytest.raises(ConfigNotFound):
+            await ConfigStore.of(app).get(MAC)
 
 
 async def test_unknown_keys_refresh_at_most_once_per_interval(provider: Provider) -> None:

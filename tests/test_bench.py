@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 from bench.documents import fill_directory, mac_of, make_document
+from bench.replicas import percentile
 from bench.report import Pair, SizeResult, markdown, targets
 from bench.wrk import Measurement, measurement, parse_wrk
 from quart_iot.documents import dump_document, parse_document
@@ -51,3 +52,13 @@ def test_bench_reads_wrk_output_and_judges_targets() -> None:
     assert verdicts["list p99 <= 2x ceiling p99"] is False
     assert verdicts["list >= 45% of ceiling"] is None
     assert "| list | 500 | 50% |" in markdown({200: result}, "# results")
+    postgres = {(t.label, t.documents): t.passed for t in targets({200: result}, "postgres")}
+    assert postgres[("list >= 45% of ceiling", 200)] is True  # the PostgreSQL store's targets
+    assert postgres[("get >= 50% of ceiling", 200)] is None  # not run
+    assert postgres[("list >= 45% of ceiling", 2000)] is None
+    assert len(postgres) == 8
+
+
+def test_bench_replicas_percentiles() -> None:
+    samples = [float(n) for n in range(1, 201)]
+    assert (percentile(samples, 0.5), percentile(samples, 0.99)) == (101.0, 199.0)

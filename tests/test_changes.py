@@ -15,7 +15,7 @@ from quart_iot.documents import etag_of
 from quart_iot.settings import Settings
 from quart_iot.store import Change, ConfigStore
 from quart_iot.store.directory.retention import Retention
-from tests.conftest import MAC, OTHER_MAC, write_config
+from tests.conftest import MAC, OTHER_MAC, Outside, write_config
 
 Seen = tuple[str, str | None]
 
@@ -56,7 +56,7 @@ async def test_writes_of_this_process_are_told_at_once(store: ConfigStore) -> No
     assert changes.empty()
 
 
-async def test_change_ids_are_the_process_epoch_and_a_sequence(store: ConfigStore) -> None:
+async def test_change_ids_are_an_epoch_and_a_sequence(store: ConfigStore, backend: str) -> None:
     sink = listen(store)
     for value in range(3):
         await store.save(MAC, {"v": value})
@@ -65,17 +65,34 @@ async def test_change_ids_are_the_process_epoch_and_a_sequence(store: ConfigStor
     assert len(epochs) == 1
     sequences = [int(change_id.partition("-")[2]) for change_id in ids]
     assert sequences == list(range(sequences[0], sequences[0] + 3))
-    assert await store.changes_after(ids[0]) is None  # the waiting extension keeps them
+    after = await store.changes_after(ids[0])
+    if backend == "postgres":  # the database keeps them, for every replica
+        assert after is not None
+        assert [change.id for change in after] == ids[1:]
+    else:  # the waiting extension keeps them, in this process
+        assert after is None
 
 
-async def test_outside_changes_are_told_by_the_sweep(store: ConfigStore, configs_dir: Path) -> None:
-    write_config(configs_dir, MAC, {"v": 0})
+async def test_outside_changes_are_told(store: ConfigStore, outside: Outside) -> None:
+    await outside.put(MAC, {"v": 0})
     await store.list_json()  # the cache knows the directory: nothing is new in it
     changes = listen(store)
-    path = write_config(configs_dir, MAC, {"v": "rewritten by hand"})
-    assert await next_change(changes) == (MAC, etag_of(path.read_bytes()))
-    other = write_config(configs_dir, OTHER_MAC, {"v": "made by another replica"})
-    assert await next_change(changes) == (OTHER_MAC, etag_of(other.read_bytes()))
+    rewritten = {"v": "rewritten by hand"}
+    await outside.put(MAC, rewritten)
+    assert await next_change(changes) == (MAC, etag_of(json.dumps(rewritten).encode()))
+    other = {"v": "made by another replica"}
+    await outside.put(OTHER_MAC, other)
+    assert await next_change(changes) == (OTHER_MAC, etag_of(json.dumps(other).encode()))
+    await outside.remove(MAC)
+    assert await next_change(changes) == (MAC, None)
+
+
+async def test_a_file_there_again_but_unusable_is_no_change(
+    store: ConfigStore, configs_dir: Path
+) -> None:
+    path = write_config(configs_dir, MAC, {"v": 0})
+    await store.list_json()
+    changes = listen(store)
     path.unlink()
     assert await next_change(changes) == (MAC, None)
     path.write_text(json.dumps([1]))  # there again, but unusable: gone for a reader

@@ -14,7 +14,8 @@ import pytest
 
 from quart_iot.copy import main
 from quart_iot.documents import etag_of
-from quart_iot.store.backend import WriteMeta
+from quart_iot.store import DirectoryBackend
+from quart_iot.store.backend import Backend, WriteMeta
 from quart_iot.store.postgres import PostgresBackend
 from quart_iot.store.records import Precondition
 from tests.conftest import MAC, OTHER_MAC
@@ -97,8 +98,9 @@ def history(url: str, mac: str) -> list[tuple[str, str, str, str | None]]:
 
 
 def test_a_flask_directory_into_postgresql_keeps_bytes_and_etags(
-    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, pg_empty_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    pg_url = pg_empty_url  # copy makes the tables
     written = flask_directory(tmp_path / "flask")
     code, lines = copy(capsys, "--from", str(tmp_path / "flask"), "--to", pg_url)
     assert code == 0
@@ -117,7 +119,7 @@ def test_a_flask_directory_into_postgresql_keeps_bytes_and_etags(
 
 
 def test_postgresql_into_a_directory_and_back_keeps_the_history(
-    tmp_path: Path, pg_databases: Callable[[], str], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, pg_databases: Callable[..., str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     first, second = pg_databases(), pg_databases()
 
@@ -212,9 +214,9 @@ def test_a_database_that_is_down_is_one_line(
 
 
 def test_a_database_without_the_store_is_no_source(
-    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, pg_empty_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, lines = copy(capsys, "--from", pg_url, "--to", str(tmp_path / "backup"))
+    code, lines = copy(capsys, "--from", pg_empty_url, "--to", str(tmp_path / "backup"))
     assert code == 2
     assert lines == [
         "quart_iot copy: --from: the database holds no quart_iot store (no config_schema)"
@@ -269,3 +271,52 @@ def test_a_target_directory_that_cannot_be_written_is_one_line(
     code, lines = copy(capsys, "--from", str(tmp_path / "flask"), "--to", str(tmp_path / "target"))
     assert code == 1
     assert lines[-1] == f"quart_iot copy: {tmp_path / 'target'}: Is a directory"
+
+
+def test_a_directory_the_directory_store_wrote_copies_its_history_exactly(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The directory store's own layout (.history/: versions linked, `deleted` ones, subjects,
+    its marks): what it serves is what PostgreSQL serves after the copy, and back."""
+    source, back = tmp_path / "source", tmp_path / "back"
+    source.mkdir()
+
+    async def write(backend: Backend) -> None:
+        alice, bob = WriteMeta(subject="sub:alice"), WriteMeta(subject="nul\x00 ünï")
+        await backend.save(MAC, {"v": 1}, Precondition(), alice)
+        await backend.save(MAC, {"v": 1}, Precondition(), bob)  # unchanged: no version
+        await backend.save(MAC, {"v": 2}, Precondition(), bob)
+        await backend.save(OTHER_MAC, {"gone": True}, Precondition(), alice)
+        await backend.delete(OTHER_MAC, Precondition(), bob)  # its `deleted` version
+        await backend.delete(MAC, Precondition(), alice)
+        await backend.save(MAC, {"v": 3}, Precondition(), WriteMeta())  # back again
+
+    asyncio.run(on_directory(source, write))
+    served = asyncio.run(on_directory(source, everything))
+    code, lines = copy(capsys, "--from", str(source), "--to", pg_url, "--history")
+    assert (code, lines[-1]) == (0, "copied 1 document and 6 versions; nothing unchanged")
+    assert in_database(pg_url, everything) == served
+    code, lines = copy(capsys, "--from", pg_url, "--to", str(back), "--history")
+    assert (code, lines[-1]) == (0, "copied 1 document and 6 versions; nothing unchanged")
+    assert asyncio.run(on_directory(back, everything)) == served
+
+
+async def on_directory(path: Path, work: Callable[[Backend], Any]) -> Any:
+    backend = DirectoryBackend(path)
+    await backend.start(Recorder())
+    try:
+        return await work(backend)
+    finally:
+        await backend.stop()
+
+
+async def everything(backend: Backend) -> dict[str, Any]:
+    """What a client can read of both devices: the list, each history, the deleted list."""
+    pages = {mac: json.loads(await backend.versions_json(mac, 100, None)) for mac in
+             (MAC, OTHER_MAC)}  # fmt: skip
+    return {
+        "list": json.loads(await backend.list_json()),
+        "history": pages,
+        "deleted": await backend.deleted(),
+        "document": (await backend.get(MAC)).raw,
+    }

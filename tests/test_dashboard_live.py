@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import MAC, OTHER_MAC
+from tests.pg import TEMPLATE, Admin, Cluster
 from tests.server import Server, free_port, running_server
 from tests.test_observability import ALERTS, dashboard, metric_names, walk_panels
 from tests.tools import find, needs
@@ -178,3 +179,50 @@ def test_in_a_directory_outage_the_count_is_unknown_and_the_rest_answers(
         assert not blank, f"blank panels: {blank}"
     finally:
         away.rename(server.directory)
+
+
+@pytest.fixture(scope="module")
+def live_postgres(
+    tmp_path_factory: pytest.TempPathFactory, pg_cluster: Cluster, pg_admin: Admin
+) -> Iterator[tuple[Server, Prometheus]]:
+    """The same, with the PostgreSQL store (a database of its own for the module)."""
+    base = tmp_path_factory.mktemp("live-postgres")
+    pg_admin.execute(f"CREATE DATABASE live_dashboard TEMPLATE {TEMPLATE}")
+    env = {"DATABASE_URL": pg_cluster.url("live_dashboard"), "DB_TIMEOUT": "0.5"}
+    with running_server(base, MQTT_URL=f"mqtt://127.0.0.1:{free_port()}", **env) as server:
+        httpx.put(f"{server.url}/api/configs/{OTHER_MAC}", json={"content": {"deviceName": "G"}})
+        prometheus = Prometheus(base, server)
+        running = threading.Event()
+        running.set()
+        sender = threading.Thread(target=traffic, args=(server, running))
+        sender.start()
+        try:
+            prometheus.start()
+            yield server, prometheus
+        finally:
+            running.clear()
+            sender.join()
+            prometheus.stop()
+    pg_admin.execute_later("DROP DATABASE IF EXISTS live_dashboard WITH (FORCE)")
+
+
+def test_with_postgresql_every_panel_answers_and_an_outage_shows_then_ends(
+    live_postgres: tuple[Server, Prometheus], pg_cluster: Cluster
+) -> None:
+    _, prometheus = live_postgres
+    count_panels = [panel for panel in panels() if panel.shows_the_count]
+    others = [panel for panel in panels() if not panel.shows_the_count]
+    prometheus.wait_until(lambda: not silent(prometheus, panels()))
+    assert not silent(prometheus, panels()), "blank panels"
+    pg_cluster.stop()
+    try:
+        prometheus.wait_until(lambda: prometheus.query("iot_config_storage_available == 0") != [])
+        assert prometheus.query("iot_config_storage_available == 0") != []
+        assert silent(prometheus, count_panels) == [panel.title for panel in count_panels]
+        assert not silent(prometheus, others), "blank panels in the outage"
+    finally:
+        pg_cluster.start()
+    prometheus.wait_until(lambda: prometheus.query("iot_config_storage_available == 1") != [])
+    assert prometheus.query("iot_config_storage_available == 1") != []  # by itself, no restart
+    prometheus.wait_until(lambda: not silent(prometheus, count_panels))
+    assert not silent(prometheus, count_panels)

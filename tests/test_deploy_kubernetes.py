@@ -76,7 +76,15 @@ def container(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def env(docs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container(docs)["env"]}
+    """The container's environment; a value from a Secret as `secret:<name>/<key>`."""
+    found = {}
+    for item in container(docs)["env"]:
+        if "valueFrom" in item:
+            ref = item["valueFrom"]["secretKeyRef"]
+            found[item["name"]] = f"secret:{ref['name']}/{ref['key']}"
+        else:
+            found[item["name"]] = item["value"]
+    return found
 
 
 def settings_of(docs: dict[str, dict[str, Any]], configs_dir: Path) -> Settings:
@@ -86,7 +94,12 @@ def settings_of(docs: dict[str, dict[str, Any]], configs_dir: Path) -> Settings:
     unknown = sorted(set(values) - {name.upper() for name in Settings.model_fields})
     assert unknown == [], "not settings of quart_iot/settings.py"
     fields = {name.lower(): value for name, value in values.items()}
-    fields["esp32_configs_dir"] = configs_dir  # the mount's path does not exist here
+    if "database_url" in fields:  # from the overlay's Secret: its example's value
+        (database,) = load((KIT / "overlays/postgres/secret.example.yaml").read_text())
+        assert fields["database_url"] == "secret:quart-iot-database/DATABASE_URL"
+        fields["database_url"] = database["stringData"]["DATABASE_URL"]
+    else:
+        fields["esp32_configs_dir"] = configs_dir  # the mount's path does not exist here
     return Settings(_env_file=None, **fields)
 
 
@@ -202,15 +215,29 @@ def test_promtool_checks_the_prometheus_rule(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
-def test_an_overlay_keeps_valid_settings(overlay: Path, configs_dir: Path) -> None:
+def test_an_overlay_keeps_valid_settings(overlay: Path, tmp_path: Path) -> None:
     docs = {doc["kind"]: doc for doc in load(rendered(overlay))}
-    settings_of(docs, configs_dir)
-    assert set(env(docs)) >= set(env(base_documents()))  # patches add, never drop
+    settings_of(docs, tmp_path)
+    kept = set(env(docs)) | ({"ESP32_CONFIGS_DIR"} if "DATABASE_URL" in env(docs) else set())
+    assert kept >= set(env(base_documents()))  # patches add, never drop (but the store)
+
+
+def test_the_postgres_overlay_runs_replicas_with_no_volume() -> None:
+    docs = load(rendered(KIT / "overlays" / "postgres"))
+    kinds = {doc["kind"]: doc for doc in docs}
+    assert "PersistentVolumeClaim" not in kinds
+    assert kinds["Deployment"]["spec"]["replicas"] >= 2
+    assert env(kinds)["DATABASE_URL"] == "secret:quart-iot-database/DATABASE_URL"
+    assert "ESP32_CONFIGS_DIR" not in env(kinds)
+    volumes = pod(kinds)["volumes"]
+    assert [v["name"] for v in volumes] == ["tmp"]
+    assert volumes[0]["emptyDir"]["medium"] == "Memory"
+    assert [m["mountPath"] for m in container(kinds)["volumeMounts"]] == ["/tmp"]
 
 
 def manifests() -> list[tuple[str, str]]:
     """(name, YAML text) of every file of the base, the Secret example and each overlay."""
-    files = [*base_files(), SECRET_EXAMPLE]
+    files = [*base_files(), SECRET_EXAMPLE, KIT / "overlays/postgres/secret.example.yaml"]
     named = [(str(p.relative_to(KIT)), p.read_text(encoding="utf-8")) for p in files]
     return named + [(f"overlays/{p.name} (rendered)", rendered(p)) for p in OVERLAYS]
 

@@ -7,15 +7,14 @@ import os
 import re
 import subprocess
 import textwrap
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import yaml
 from quart import Quart
 
-from quart_iot.app import create_app
-from quart_iot.settings import Settings
-from tests.conftest import MAC, OTHER_MAC, Client, write_config
+from tests.conftest import MAC, OTHER_MAC, Client, Outside, write_config
 from tests.server import free_port
 from tests.test_observability import ALERTS, exercise
 
@@ -120,15 +119,12 @@ def test_the_guide_names_every_alert_there_is() -> None:
     assert named == alerts
 
 
-async def test_the_metrics_table_lists_every_metric(configs_dir: Path) -> None:
-    settings = Settings(
-        esp32_configs_dir=configs_dir,
-        mqtt_url=f"mqtt://127.0.0.1:{free_port()}",  # nothing listens: MQTT metrics, no broker
-        _env_file=None,
-    )
-    app: Quart = create_app(settings)
-    async with app.test_app():
-        exposition = await exercise(app.test_client(), configs_dir)
+async def test_the_metrics_table_lists_every_metric(
+    serving: Callable[..., Awaitable[Quart]], outside: Outside
+) -> None:
+    # Nothing listens on the MQTT port: the MQTT metrics, without a broker.
+    app = await serving(mqtt_url=f"mqtt://127.0.0.1:{free_port()}")
+    exposition = await exercise(app.test_client(), outside)
     table = re.findall(r"^\| `(\w+)` \| (\w+) \|", OPERATIONS.read_text(encoding="utf-8"), re.M)
     assert dict(table) == exposition.types
 

@@ -8,7 +8,7 @@ import stat
 import threading
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +19,28 @@ from quart_iot.app import create_app
 from quart_iot.patch import make_patch
 from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore, DirectoryBackend, Precondition, WriteMeta, Written
+from quart_iot.store.directory import sweeper
 from quart_iot.store.directory.files import Directory
 from quart_iot.store.directory.versions import Shelf
-from tests.conftest import MAC, OTHER_MAC, Client, write_config
+from quart_iot.store.postgres import backend as postgres_backend
+from tests.conftest import MAC, OTHER_MAC, Client, Outside
 
 HISTORY = f"/api/configs/{MAC}/history"
 NEVER = "1767225600000000000-0a1b2c3d"
 
 
 @pytest.fixture
-async def small_app(make_settings: Callable[..., Settings]) -> AsyncIterator[Quart]:
+async def small_app(serving: Callable[..., Awaitable[Quart]]) -> Quart:
     # Three versions, two seconds: retention shows within a test.
-    app = create_app(make_settings(history_max_versions=3, history_max_days=2 / 86400))
-    async with app.test_app():
-        yield app
+    return await serving(history_max_versions=3, history_max_days=2 / 86400)
+
+
+@pytest.fixture
+def quick_survey(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both stores survey their history every 0.1 s (every minute otherwise); asked for
+    before the app, which reads the interval at its start."""
+    monkeypatch.setattr(postgres_backend, "SURVEY_SECONDS", 0.1)
+    monkeypatch.setattr(sweeper, "HISTORY_SURVEY_INTERVAL", 0.1)
 
 
 async def put(client: Client, content: dict[str, Any], mac: str = MAC) -> str:
@@ -188,13 +196,12 @@ async def test_history_of_a_mac_that_never_had_a_document_is_404(client: Client)
 
 
 async def test_a_document_edited_outside_is_kept_when_a_put_replaces_it(
-    client: Client, configs_dir: Path
+    client: Client, outside: Outside
 ) -> None:
-    write_config(configs_dir, MAC, {"deviceName": "from before history"})
+    await outside.put(MAC, {"deviceName": "from before history"})
     assert await versions(client) == []
     await put(client, {"deviceName": "ours"})
-    (configs_dir / f"{MAC}.json").unlink()
-    write_config(configs_dir, MAC, {"deviceName": "edited outside"})
+    await outside.put(MAC, {"deviceName": "edited outside"})
     await put(client, {"deviceName": "ours again"})
     names = [v["device_name"] for v in await versions(client)]
     assert names == ["ours again", "edited outside", "ours", "from before history"]
@@ -251,27 +258,35 @@ async def test_retention_by_age_ends_the_history_of_a_deleted_device(small_app: 
     assert (await (await client.get("/api/configs/deleted")).get_json())["count"] == 0
 
 
-async def test_history_off_keeps_nothing(configs_dir: Path) -> None:
+async def test_history_off_keeps_nothing(serving: Callable[..., Awaitable[Quart]]) -> None:
+    client = (await serving(history_max_versions=0)).test_client()
+    await put(client, {"i": 0})
+    await put(client, {"i": 1})
+    assert await versions(client) == []
+    assert (await client.get(HISTORY)).status_code == 200  # a device with no version kept
+
+
+async def test_history_off_makes_no_history_area(configs_dir: Path) -> None:
     app = create_app(
         Settings(esp32_configs_dir=configs_dir, history_max_versions=0, _env_file=None)
     )
     async with app.test_app():
-        client = app.test_client()
-        await put(client, {"i": 0})
-        await put(client, {"i": 1})
-        assert await versions(client) == []
+        await put(app.test_client(), {"i": 0})
     assert not (configs_dir / ".history").exists()
 
 
-async def test_history_metrics(client: Client, directory_backend: DirectoryBackend) -> None:
+async def test_history_metrics(quick_survey: None, client: Client) -> None:
     await put(client, {"deviceName": "a"})
     await put(client, {"deviceName": "b"})
-    assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204  # links "b" again
-    await asyncio.to_thread(directory_backend.sweeper.survey)  # as it runs every minute
-    metrics = await (await client.get("/metrics")).get_data(as_text=True)
-    assert "iot_config_history_versions 3" in metrics
+    assert (await client.delete(f"/api/configs/{MAC}")).status_code == 204  # "b" again
     size = len(b'{"deviceName":"a"}\n')
-    assert f"iot_config_history_bytes {2 * size}" in metrics
+    expected = ["iot_config_history_versions 3", f"iot_config_history_bytes {2 * size}"]
+    for _ in range(50):  # the next survey (the directory's first sweep, after a second)
+        metrics = await (await client.get("/metrics")).get_data(as_text=True)
+        if all(line in metrics.splitlines() for line in expected):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(metrics)
 
 
 async def _etag(client: Client) -> str:
@@ -363,7 +378,7 @@ def shelf_names(configs_dir: Path, mac: str = MAC) -> list[str]:
     ],
 )
 async def test_a_subject_is_kept_exactly(
-    app: Quart, client: Client, configs_dir: Path, subject: str, kept: str
+    app: Quart, client: Client, subject: str, kept: str
 ) -> None:
     await store_of(app).save(MAC, {"v": 1}, meta=by(subject))
     await store_of(app).delete(MAC, meta=by("bob"))
@@ -393,7 +408,11 @@ async def test_a_subject_link_the_service_did_not_make_reads_as_null(
 
 
 async def test_a_version_is_kept_when_its_subject_cannot_be(
-    app: Quart, client: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    app: Quart,
+    client: Client,
+    configs_dir: Path,  # about the directory's links
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     def no_links(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")

@@ -1,12 +1,11 @@
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from quart import Quart
 
-from quart_iot.app import create_app
-from quart_iot.settings import Settings
 from tests.conftest import MAC, Client
 from tests.harness import assert_error_body, raw_request
 from tests.server import running_server
@@ -39,15 +38,13 @@ async def test_ip_literals_and_localhost_are_always_allowed(client: Client, host
 
 
 @pytest.mark.parametrize("host", REFUSED)
-async def test_a_dns_name_not_allowed_is_421_and_writes_nothing(
-    client: Client, configs_dir: Path, host: str
-) -> None:
+async def test_a_dns_name_not_allowed_is_421_and_writes_nothing(client: Client, host: str) -> None:
     response = await client.put(f"/api/configs/{MAC}", json={"content": {}}, headers={"Host": host})
     assert response.status_code == 421
     body = await response.get_json()
     assert body["code"] == "HOST_NOT_ALLOWED"
     assert body["status"] == 421
-    assert list(configs_dir.iterdir()) == []
+    assert (await client.get(f"/api/configs/{MAC}")).status_code == 404
 
 
 async def test_the_host_is_refused_before_the_route_or_the_body_is_looked_at(
@@ -75,23 +72,25 @@ NOT_HOSTS = [
 @pytest.mark.parametrize("host", NOT_HOSTS)
 @pytest.mark.parametrize("allowed", [[], ["*"]])
 async def test_a_host_that_is_no_host_name_is_a_400_counted_and_logged_once(
-    configs_dir: Path, caplog: pytest.LogCaptureFixture, host: str, allowed: list[str]
+    serving: Callable[..., Awaitable[Quart]],
+    caplog: pytest.LogCaptureFixture,
+    host: str,
+    allowed: list[str],
 ) -> None:
-    settings = Settings(esp32_configs_dir=configs_dir, allowed_hosts=allowed, _env_file=None)
-    app = create_app(settings)
+    app = await serving(allowed_hosts=allowed)
     caplog.set_level(logging.INFO)
-    async with app.test_app():
-        client = app.test_client()
-        response = await client.get("/api/configs", headers={"Host": host})
-        assert response.status_code == 400
-        body = await response.get_json()
-        assert body["code"] == "INVALID_HOST"
-        assert body["status"] == 400
-        assert body["correlationId"] == response.headers["X-Request-ID"]
-        logged = [r for r in caplog.records if r.name.startswith("quart_iot")]
-        assert [r.levelname for r in logged] == ["INFO"]
-        assert logged[0].exc_info is None
-        scrape = await (await client.get("/metrics")).get_data(as_text=True)
+    caplog.clear()  # the store's start
+    client = app.test_client()
+    response = await client.get("/api/configs", headers={"Host": host})
+    assert response.status_code == 400
+    body = await response.get_json()
+    assert body["code"] == "INVALID_HOST"
+    assert body["status"] == 400
+    assert body["correlationId"] == response.headers["X-Request-ID"]
+    logged = [r for r in caplog.records if r.name.startswith("quart_iot")]
+    assert [r.levelname for r in logged] == ["INFO"]
+    assert logged[0].exc_info is None
+    scrape = await (await client.get("/metrics")).get_data(as_text=True)
     assert re.search(
         r'\nhttp_requests_total\{method="GET",route="[^"]+",status="400"\} 1\n', scrape
     )
@@ -106,13 +105,8 @@ async def test_long_names_within_the_limits_are_hosts(client: Client, host: str)
 
 
 @pytest.fixture
-async def configured(configs_dir: Path) -> Quart:
-    settings = Settings(
-        esp32_configs_dir=configs_dir,
-        allowed_hosts=["Configs.Example.Org.", "quart-iot.iot.svc.cluster.local"],
-        _env_file=None,
-    )
-    return create_app(settings)
+async def configured(serving: Callable[..., Awaitable[Quart]]) -> Quart:
+    return await serving(allowed_hosts=["Configs.Example.Org.", "quart-iot.iot.svc.cluster.local"])
 
 
 @pytest.mark.parametrize(
@@ -139,14 +133,14 @@ async def test_allowed_hosts_does_not_allow_other_names(configured: Quart) -> No
         assert response.status_code == 421, host
 
 
-async def test_a_star_allows_every_host(configs_dir: Path) -> None:
-    settings = Settings(esp32_configs_dir=configs_dir, allowed_hosts=["*"], _env_file=None)
-    client = create_app(settings).test_client()
+async def test_a_star_allows_every_host(serving: Callable[..., Awaitable[Quart]]) -> None:
+    client = (await serving(allowed_hosts=["*"])).test_client()
     response = await client.get("/api/configs", headers={"Host": "anything.example"})
     assert response.status_code == 200
 
 
-def test_the_real_server_refuses_a_rebound_host_with_the_json_error(configs_dir: Path) -> None:
+def test_the_real_server_refuses_a_rebound_host_with_the_json_error(tmp_path: Path) -> None:
+    configs_dir = tmp_path  # about the HTTP server, whatever the store: one store is enough
     with running_server(configs_dir) as server:
         refused = raw_request(
             server.port,

@@ -11,7 +11,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 import quart_iot.store.directory.index
 import quart_iot.store.directory.sweeper
 from bench.storms import maximal_body
-from quart_iot.documents import MAX_CONTAINERS, MAX_VALUES
+from quart_iot.documents import MAX_CONTAINERS, MAX_VALUES, dump_document
 from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore, DirectoryBackend, StoredConfig, Written
 from quart_iot.store.directory import LOCK_NAME, STALE_TEMP_SECONDS, Signature
@@ -39,15 +39,13 @@ def nested_body(limit: int = LIMIT) -> bytes:
     return (head + ",".join([chunk] * count) + tail).encode()
 
 
-async def test_a_body_that_could_not_be_read_back_is_refused_not_stored(
-    client: Client, configs_dir: Path
-) -> None:
+async def test_a_body_that_could_not_be_read_back_is_refused_not_stored(client: Client) -> None:
     put = await put_raw(client, MAC, nested_body())  # 520,000 arrays
     assert put.status_code == 400
     error = await put.get_json()
     assert error["code"] == "VALIDATION_FAILED"
     assert f"more than {MAX_CONTAINERS} objects and arrays" in error["error"]
-    assert list(configs_dir.iterdir()) == []
+    assert (await client.get(f"/api/configs/{MAC}")).status_code == 404
 
 
 @pytest.mark.parametrize(("count", "status"), [(MAX_VALUES - 3, 200), (MAX_VALUES - 2, 400)])
@@ -73,7 +71,7 @@ async def put_raw(client: Client, mac: str, body: bytes) -> Any:
     return await client.put(f"/api/configs/{mac}", data=body, headers=headers)
 
 
-async def test_a_maximal_put_reads_back_byte_for_byte(client: Client, configs_dir: Path) -> None:
+async def test_a_maximal_put_reads_back_byte_for_byte(client: Client) -> None:
     body = maximal_body()
     put = await put_raw(client, MAC, body)
     assert put.status_code == 200
@@ -83,15 +81,13 @@ async def test_a_maximal_put_reads_back_byte_for_byte(client: Client, configs_di
     assert (await get.get_json())["content"] == sent
     device = await client.get(f"/api/configs/{MAC}.json")
     assert device.status_code == 200
-    assert await device.get_data() == (configs_dir / f"{MAC}.json").read_bytes()
+    assert await device.get_data() == dump_document(sent)  # the bytes every store keeps
     assert json.loads(await device.get_data()) == sent
     listed = await (await client.get("/api/configs")).get_json()
     assert [item["mac_address"] for item in listed["configs"]] == [MAC]
 
 
-async def test_a_stored_form_over_the_limit_is_413_before_any_disk_io(
-    client: Client, configs_dir: Path
-) -> None:
+async def test_a_stored_form_over_the_limit_is_413_before_any_disk_io(client: Client) -> None:
     # "1E15" is 4 bytes in the body and "1000000000000000.0" (18) once stored.
     body = b'{"content":{"a":[' + b",".join([b"1E15"] * 90_000) + b"]}}"
     assert len(body) < LIMIT
@@ -101,7 +97,7 @@ async def test_a_stored_form_over_the_limit_is_413_before_any_disk_io(
     assert error["code"] == "PAYLOAD_TOO_LARGE"
     assert error["details"]["limit"] == LIMIT
     assert error["details"]["stored_size"] > LIMIT
-    assert list(configs_dir.iterdir()) == []
+    assert (await client.get(f"/api/configs/{MAC}")).status_code == 404
 
 
 async def test_a_file_over_the_limit_is_refused_on_read(client: Client, configs_dir: Path) -> None:
@@ -123,8 +119,8 @@ def held_lock(path: Path) -> Iterator[int]:
 
 
 @pytest.fixture
-def settings(configs_dir: Path) -> Settings:
-    return Settings(esp32_configs_dir=configs_dir, lock_timeout=0.5, _env_file=None)
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(lock_timeout=0.5)
 
 
 async def test_a_held_lock_bounds_the_wait_and_health_says_writes_are_blocked(

@@ -4,7 +4,7 @@ from quart import Quart
 
 from quart_iot.app import create_app
 from quart_iot.settings import Settings
-from tests.conftest import MAC, OTHER_MAC, Client, write_config
+from tests.conftest import MAC, OTHER_MAC, Client, Outside
 
 
 async def scrape(client: Client) -> str:
@@ -36,12 +36,12 @@ async def test_http_requests_are_counted(client: Client) -> None:
     assert "http_request_duration_seconds_bucket" in text
 
 
-async def test_file_count_is_true_at_every_scrape(client: Client, configs_dir: Path) -> None:
+async def test_file_count_is_true_at_every_scrape(client: Client, outside: Outside) -> None:
     assert "iot_config_files 0" in await scrape(client)
-    write_config(configs_dir, MAC, {})
-    write_config(configs_dir, OTHER_MAC, {})
+    await outside.put(MAC, {})
+    await outside.put(OTHER_MAC, {})
     assert "iot_config_files 2" in await scrape(client)
-    (configs_dir / f"{MAC}.json").unlink()
+    await outside.remove(MAC)
     assert "iot_config_files 1" in await scrape(client)
     assert "iot_config_storage_available 1" in await scrape(client)
 

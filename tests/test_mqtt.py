@@ -161,12 +161,16 @@ def stopped_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.stop()
 
 
-def make_settings(configs_dir: Path, **values: Any) -> Settings:
-    return Settings(esp32_configs_dir=configs_dir, _env_file=None, **values)
+def settings_of(tmp_path: Path, **values: Any) -> Settings:
+    """Settings with a directory store: for the tests of the broker's side, the same whatever
+    the store (what a write publishes is tested on both stores)."""
+    directory = tmp_path / "configs"
+    directory.mkdir(exist_ok=True)
+    return Settings(esp32_configs_dir=directory, _env_file=None, **values)
 
 
-def mqtt_settings(configs_dir: Path, url: str | None, **values: Any) -> Settings:
-    return make_settings(configs_dir, mqtt_url=url, **values)
+def mqtt_settings(tmp_path: Path, url: str | None, **values: Any) -> Settings:
+    return settings_of(tmp_path, mqtt_url=url, **values)
 
 
 @asynccontextmanager
@@ -247,9 +251,9 @@ async def health(client: Client) -> tuple[int, Any]:
 
 
 async def test_a_message_for_each_successful_save_and_none_for_failures_or_deletes(
-    configs_dir: Path, mosquitto: Mosquitto
+    make_settings: Callable[..., Settings], mosquitto: Mosquitto
 ) -> None:
-    settings = mqtt_settings(configs_dir, mosquitto.url)
+    settings = make_settings(mqtt_url=mosquitto.url)
     async with subscriber(mosquitto.port) as sub, serving(settings) as app:
         client = app.test_client()
         assert await put(client, MAC) == 200  # create
@@ -261,17 +265,27 @@ async def test_a_message_for_each_successful_save_and_none_for_failures_or_delet
         assert await put(client, MAC, headers={"If-Match": '"stale"'}) == 412
         assert (await client.delete(f"/api/configs/{OTHER_MAC}")).status_code == 204
         assert (await client.delete(f"/api/configs/{OTHER_MAC}")).status_code == 404
-        configs_dir.rename(configs_dir.with_name("away"))
-        assert await put(client, MAC) == 503
-        configs_dir.with_name("away").rename(configs_dir)
         assert await put(client, SENTINEL) == 200
         # One publisher, QoS 1, in order: had a failure published anything, it would come
         # before the sentinel.
         assert await receive(sub, 4) == expected(MAC, MAC, OTHER_MAC, SENTINEL)
 
 
-async def test_messages_are_not_retained(configs_dir: Path, mosquitto: Mosquitto) -> None:
-    settings = mqtt_settings(configs_dir, mosquitto.url)
+async def test_a_save_the_storage_refuses_publishes_nothing(
+    configs_dir: Path, mosquitto: Mosquitto
+) -> None:
+    settings = Settings(esp32_configs_dir=configs_dir, mqtt_url=mosquitto.url, _env_file=None)
+    async with subscriber(mosquitto.port) as sub, serving(settings) as app:
+        client = app.test_client()
+        configs_dir.rename(configs_dir.with_name("away"))
+        assert await put(client, MAC) == 503
+        configs_dir.with_name("away").rename(configs_dir)
+        assert await put(client, SENTINEL) == 200
+        assert await receive(sub, 1) == expected(SENTINEL)
+
+
+async def test_messages_are_not_retained(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    settings = mqtt_settings(tmp_path, mosquitto.url)
     async with subscriber(mosquitto.port) as early, serving(settings) as app:
         client = app.test_client()
         assert await put(client, MAC) == 200
@@ -295,20 +309,20 @@ async def test_messages_are_not_retained(configs_dir: Path, mosquitto: Mosquitto
     ids=["in-url", "settings", "settings-win-over-url"],
 )
 async def test_credentials_and_topic(
-    configs_dir: Path, mosquitto: Mosquitto, url: str, credentials: dict[str, str]
+    tmp_path: Path, mosquitto: Mosquitto, url: str, credentials: dict[str, str]
 ) -> None:
     url = url.format(user=USER, password=PASSWORD_IN_URL, port=mosquitto.auth_port)
-    settings = mqtt_settings(configs_dir, url, mqtt_topic="site/a/configs", **credentials)
+    settings = mqtt_settings(tmp_path, url, mqtt_topic="site/a/configs", **credentials)
     async with subscriber(mosquitto.port, topic="site/#") as sub, serving(settings) as app:
         assert await put(app.test_client(), MAC) == 200
         assert await receive(sub, 1) == expected(MAC, topic="site/a/configs")
 
 
 async def test_refused_credentials_never_fail_a_request(
-    configs_dir: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"mqtt://{USER}:wrong@127.0.0.1:{mosquitto.auth_port}"
-    async with serving(mqtt_settings(configs_dir, url)) as app:
+    async with serving(mqtt_settings(tmp_path, url)) as app:
         notifications(app).flush_seconds = 0
         client = app.test_client()
         await until(lambda: "MQTT broker unavailable" in caplog.text)
@@ -325,9 +339,9 @@ async def test_refused_credentials_never_fail_a_request(
 
 
 async def test_broker_restart_loses_nothing_that_was_queued(
-    configs_dir: Path, mosquitto: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async with serving(mqtt_settings(configs_dir, mosquitto.url)) as app:
+    async with serving(mqtt_settings(tmp_path, mosquitto.url)) as app:
         client, extension = app.test_client(), notifications(app)
         async with subscriber(mosquitto.port, "persistent") as sub:
             assert await put(client, MACS[0]) == 200
@@ -351,14 +365,14 @@ async def test_broker_restart_loses_nothing_that_was_queued(
 
 
 async def test_a_publish_never_acknowledged_is_kept_and_sent_again(
-    configs_dir: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(notifications_module, "PUBLISH_TIMEOUT", 0.3)
     async with subscriber(mosquitto.port, "persistent"):
         pass
     mosquitto.stop()  # saves the subscriber's session
     mosquitto.start()
-    async with serving(mqtt_settings(configs_dir, mosquitto.url)) as app:
+    async with serving(mqtt_settings(tmp_path, mosquitto.url)) as app:
         client, extension = app.test_client(), notifications(app)
         await until(lambda: extension.connected)
         assert mosquitto.process is not None
@@ -376,14 +390,14 @@ async def test_a_publish_never_acknowledged_is_kept_and_sent_again(
 
 
 async def test_full_queue_drops_and_counts_while_the_broker_is_down(
-    configs_dir: Path, stopped_mosquitto: Mosquitto
+    tmp_path: Path, stopped_mosquitto: Mosquitto
 ) -> None:
     broker = stopped_mosquitto
     broker.start()  # once, so that the broker keeps a session for the subscriber
     async with subscriber(broker.port, "persistent"):
         pass
     broker.stop()
-    settings = mqtt_settings(configs_dir, broker.url, mqtt_queue_size=2)
+    settings = mqtt_settings(tmp_path, broker.url, mqtt_queue_size=2)
     async with serving(settings) as app:
         client = app.test_client()
         for mac in MACS[:5]:
@@ -409,14 +423,14 @@ async def test_full_queue_drops_and_counts_while_the_broker_is_down(
 
 
 async def test_saves_of_one_device_merge_so_the_queue_counts_devices(
-    configs_dir: Path, stopped_mosquitto: Mosquitto
+    tmp_path: Path, stopped_mosquitto: Mosquitto
 ) -> None:
     broker = stopped_mosquitto
     broker.start()  # once, so that the broker keeps a session for the subscriber
     async with subscriber(broker.port, "persistent"):
         pass
     broker.stop()
-    settings = mqtt_settings(configs_dir, broker.url, mqtt_queue_size=3)
+    settings = mqtt_settings(tmp_path, broker.url, mqtt_queue_size=3)
     async with serving(settings) as app:
         client, extension = app.test_client(), notifications(app)
         for version in range(3):
@@ -433,13 +447,13 @@ async def test_saves_of_one_device_merge_so_the_queue_counts_devices(
 
 
 async def test_a_save_during_the_publish_of_its_device_is_not_merged_into_it(
-    configs_dir: Path, mosquitto: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     # That publish may already have reached the device, which then fetched the older file.
     assert mosquitto.process is not None
     async with (
         subscriber(mosquitto.port) as sub,
-        serving(mqtt_settings(configs_dir, mosquitto.url)) as app,
+        serving(mqtt_settings(tmp_path, mosquitto.url)) as app,
     ):
         client, extension = app.test_client(), notifications(app)
         await until(lambda: extension.connected)
@@ -453,11 +467,11 @@ async def test_a_save_during_the_publish_of_its_device_is_not_merged_into_it(
         assert counted(extension, "merged") == 0
 
 
-async def test_shutdown_flushes_the_queue(configs_dir: Path, mosquitto: Mosquitto) -> None:
+async def test_shutdown_flushes_the_queue(tmp_path: Path, mosquitto: Mosquitto) -> None:
     assert mosquitto.process is not None
     async with subscriber(mosquitto.port) as sub:
         mosquitto.process.send_signal(signal.SIGSTOP)  # the app cannot connect yet
-        async with serving(mqtt_settings(configs_dir, mosquitto.url)) as app:
+        async with serving(mqtt_settings(tmp_path, mosquitto.url)) as app:
             client = app.test_client()
             for mac in MACS:
                 assert await put(client, mac) == 200
@@ -470,10 +484,10 @@ async def test_shutdown_flushes_the_queue(configs_dir: Path, mosquitto: Mosquitt
 
 
 async def test_shutdown_flush_is_bounded_when_the_broker_is_down(
-    configs_dir: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"mqtt://127.0.0.1:{free_port()}"
-    async with serving(mqtt_settings(configs_dir, url)) as app:
+    async with serving(mqtt_settings(tmp_path, url)) as app:
         notifications(app).flush_seconds = 0.2
         assert await put(app.test_client(), MAC) == 200
     assert "stopping with 1 MQTT notification(s) not sent" in caplog.text
@@ -483,7 +497,6 @@ async def test_shutdown_flush_is_bounded_when_the_broker_is_down(
 
 
 async def test_mqtts_verifies_the_broker_against_the_trust_store(
-    configs_dir: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -492,7 +505,7 @@ async def test_mqtts_verifies_the_broker_against_the_trust_store(
     broker.start()
     try:
         url = f"mqtts://127.0.0.1:{broker.tls_port}"
-        async with serving(mqtt_settings(configs_dir, url)) as app:  # system store only
+        async with serving(mqtt_settings(tmp_path, url)) as app:  # system store only
             notifications(app).flush_seconds = 0
             await until(lambda: "CERTIFICATE_VERIFY_FAILED" in caplog.text)
             assert not notifications(app).connected
@@ -500,7 +513,7 @@ async def test_mqtts_verifies_the_broker_against_the_trust_store(
         monkeypatch.setenv("SSL_CERT_FILE", str(broker.directory / "cert.pem"))
         async with (
             subscriber(broker.port) as sub,
-            serving(mqtt_settings(configs_dir, url)) as app,
+            serving(mqtt_settings(tmp_path, url)) as app,
         ):
             assert await put(app.test_client(), MAC) == 200
             assert await receive(sub, 1) == expected(MAC)
@@ -532,9 +545,9 @@ async def test_off_by_default(client: Client, app: Quart) -> None:
     ],
 )
 def test_broker_from_settings(
-    configs_dir: Path, values: dict[str, str], broker: Broker | None
+    tmp_path: Path, values: dict[str, str], broker: Broker | None
 ) -> None:
-    settings = make_settings(configs_dir, **values)
+    settings = settings_of(tmp_path, **values)
     assert Broker.from_settings(settings) == broker
 
 
@@ -553,10 +566,10 @@ def test_broker_from_settings(
     ],
 )
 def test_bad_mqtt_settings_are_one_line_naming_them(
-    configs_dir: Path, values: dict[str, Any], named: str
+    tmp_path: Path, values: dict[str, Any], named: str
 ) -> None:
     with pytest.raises(ValidationError) as caught:
-        make_settings(configs_dir, **values)
+        settings_of(tmp_path, **values)
     message = describe(caught.value)
     assert message.startswith(f"invalid settings: {named}: ")
     assert "\n" not in message
@@ -584,9 +597,9 @@ def test_bad_mqtt_url_stops_the_server_with_one_line(tmp_path: Path) -> None:
 
 
 async def test_real_server_notifies_survives_the_broker_and_stops(
-    configs_dir: Path, mosquitto: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    server = Server(configs_dir, {"MQTT_URL": mosquitto.url, "MQTT_QUEUE_SIZE": "10"})
+    server = Server(tmp_path, {"MQTT_URL": mosquitto.url, "MQTT_QUEUE_SIZE": "10"})
     server.start()
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:

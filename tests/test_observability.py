@@ -3,7 +3,7 @@
 import json
 import re
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +11,7 @@ import pytest
 import yaml
 from quart import Quart
 
-from quart_iot.app import create_app
-from quart_iot.settings import Settings
-from tests.conftest import MAC, OTHER_MAC, Client, write_config
+from tests.conftest import MAC, OTHER_MAC, Client, Outside
 from tests.server import free_port
 from tests.tools import find, needs
 
@@ -142,9 +140,9 @@ class Exposition:
         return found
 
 
-async def exercise(client: Client, configs_dir: Path) -> Exposition:
+async def exercise(client: Client, outside: Outside) -> Exposition:
     """A few requests of every kind, then one scrape."""
-    write_config(configs_dir, MAC, {"deviceName": "Porch"})
+    await outside.put(MAC, {"deviceName": "Porch"})
     for path in (
         "/api/configs",
         f"/api/configs/{MAC}",
@@ -183,45 +181,36 @@ def test_metric_names_are_read_from_promql(expr: str, names: set[str]) -> None:
 
 
 async def test_dashboard_and_rules_use_only_exposed_metrics(
-    client: Client, configs_dir: Path
+    client: Client, outside: Outside
 ) -> None:
-    exposition = await exercise(client, configs_dir)
+    exposition = await exercise(client, outside)
     exprs = [e for e in used_exprs() if not is_mqtt(e)]
     assert len(exprs) > 20
     assert {e: problems for e in exprs if (problems := exposition.problems(e))} == {}
 
 
-async def test_variable_queries_use_exposed_metrics(client: Client, configs_dir: Path) -> None:
-    exposition = await exercise(client, configs_dir)
+async def test_variable_queries_use_exposed_metrics(client: Client, outside: Outside) -> None:
+    exposition = await exercise(client, outside)
     for query in variable_queries():
         match = _LABEL_VALUE_QUERY.match(query)
         assert match, query
         assert exposition.has(match[1]), query
 
 
-async def test_mqtt_series_exist_only_when_mqtt_is_set(client: Client, configs_dir: Path) -> None:
-    exposition = await exercise(client, configs_dir)
+async def test_mqtt_series_exist_only_when_mqtt_is_set(client: Client, outside: Outside) -> None:
+    exposition = await exercise(client, outside)
     assert not any(name.startswith("iot_mqtt_") for name in exposition.labels | exposition.types)
     assert any(is_mqtt(rule["expr"]) for rule in rules())
 
 
 @pytest.fixture
-async def mqtt_app(configs_dir: Path) -> AsyncIterator[Quart]:
+async def mqtt_app(serving: Callable[..., Awaitable[Quart]]) -> Quart:
     # Nothing listens on the port: the publisher retries in the background, as with a broker down.
-    settings = Settings(
-        esp32_configs_dir=configs_dir,
-        mqtt_url=f"mqtt://127.0.0.1:{free_port()}",
-        _env_file=None,
-    )
-    app = create_app(settings)
-    async with app.test_app():
-        yield app
+    return await serving(mqtt_url=f"mqtt://127.0.0.1:{free_port()}")
 
 
-async def test_mqtt_panels_and_rules_use_exposed_metrics(
-    mqtt_app: Quart, configs_dir: Path
-) -> None:
-    exposition = await exercise(mqtt_app.test_client(), configs_dir)
+async def test_mqtt_panels_and_rules_use_exposed_metrics(mqtt_app: Quart, outside: Outside) -> None:
+    exposition = await exercise(mqtt_app.test_client(), outside)
     exprs = [e for e in used_exprs() if is_mqtt(e)]
     assert len(exprs) >= 4
     assert {e: problems for e in exprs if (problems := exposition.problems(e))} == {}

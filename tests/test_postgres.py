@@ -54,6 +54,14 @@ async def replicas(pg_url: str) -> AsyncIterator[Replicas]:
     await made.stop()
 
 
+@pytest.fixture
+async def new_replicas(pg_empty_url: str) -> AsyncIterator[Replicas]:
+    """Replicas of a database that has no table yet."""
+    made = Replicas(pg_empty_url)
+    yield made
+    await made.stop()
+
+
 @contextlib.contextmanager
 def server_stopped(cluster: Cluster) -> Iterator[None]:
     """The database server down for the block (started again whatever happens)."""
@@ -73,14 +81,41 @@ async def eventually_healthy(backend: PostgresBackend, seconds: float = 15) -> N
 # -- migrations -------------------------------------------------------------------------------
 
 
-async def test_the_schema_is_created_once_and_recorded(pg_url: str, replicas: Replicas) -> None:
-    await asyncio.gather(*(replicas.start() for _ in range(4)))  # replicas starting together
-    conn = await asyncpg.connect(pg_url)
+async def test_the_schema_is_created_once_and_recorded(
+    pg_empty_url: str, new_replicas: Replicas
+) -> None:
+    await asyncio.gather(*(new_replicas.start() for _ in range(4)))  # starting together
+    conn = await asyncpg.connect(pg_empty_url)
     try:
         recorded = await conn.fetch("SELECT version FROM config_schema ORDER BY version")
     finally:
         await conn.close()
     assert [row["version"] for row in recorded] == list(range(1, len(MIGRATIONS) + 1))
+
+
+async def test_a_schema_of_version_1_is_migrated_with_its_subjects(
+    pg_empty_url: str, new_replicas: Replicas
+) -> None:
+    conn = await asyncpg.connect(pg_empty_url)  # as phase 1 left a database
+    try:
+        await conn.execute(
+            "CREATE TABLE config_schema (version integer PRIMARY KEY,"
+            " migrated_at timestamptz NOT NULL DEFAULT now());"
+            + MIGRATIONS[0]
+            + "INSERT INTO config_feed VALUES ('0a1b2c3d', 0);"
+            " INSERT INTO config_schema (version) VALUES (1);"
+            " INSERT INTO config_versions VALUES ('aa-bb-cc-dd-ee-ff',"
+            " '1767225600000000000-0a1b2c3d', 'deleted', '{}', 'e',"
+            """ '{"mac_address":"aa-bb-cc-dd-ee-ff"}', 2, 'sub:ünï', NULL);"""
+        )
+    finally:
+        await conn.close()
+    backend, _ = await new_replicas.start()
+    (item,) = await backend.deleted()
+    assert item["subject"] == "sub:ünï"
+    await backend.save(OTHER_MAC, {}, NONE, WriteMeta(subject="nul\x00"))
+    (version,) = json.loads(await backend.versions_json(OTHER_MAC, 5, None))["versions"]
+    assert version["subject"] == "nul\x00"
 
 
 async def test_a_newer_schema_refuses_to_start(pg_url: str, replicas: Replicas) -> None:
@@ -199,10 +234,10 @@ async def test_changes_of_another_database_cannot_be_resumed(replicas: Replicas)
 
 
 async def test_a_database_down_at_start_is_no_crash(
-    pg_cluster: Cluster, replicas: Replicas
+    pg_cluster: Cluster, new_replicas: Replicas
 ) -> None:
     with server_stopped(pg_cluster):
-        backend, _ = await replicas.start()  # does not raise
+        backend, _ = await new_replicas.start()  # does not raise
         state, reason = await backend.health()
         assert state == "unavailable"
         assert reason
@@ -463,12 +498,12 @@ async def test_a_database_that_answers_nothing_does_not_hold_up_the_start(
 
 
 async def test_a_migration_the_server_never_answers_does_not_hold_up_the_start(
-    pg_url: str, replicas: Replicas
+    pg_empty_url: str, new_replicas: Replicas
 ) -> None:
-    holder = await asyncpg.connect(pg_url)  # as another replica migrating
+    holder = await asyncpg.connect(pg_empty_url)  # as another replica migrating
     await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     limits = Limits(timeout=0.5, connect_timeout=0.5, statement_timeout=1.0)
-    starting = asyncio.create_task(replicas.start(limits))
+    starting = asyncio.create_task(new_replicas.start(limits))
     pid = None
     try:
         async with asyncio.timeout(15):  # the start's server process, waiting for the lock

@@ -81,6 +81,11 @@ class ChangeSink(Protocol):
         streams must `reset`, long polls must check their document again."""
 
 
+class StartRefused(Exception):
+    """The store will not serve what it found (a database schema newer than this code): the
+    process stops at start with this one line, and a non-zero exit."""
+
+
 @dataclass(frozen=True, slots=True)
 class StorageStats:
     """What the metrics show of the storage, as the backend last knew it (no I/O to read)."""

@@ -26,6 +26,7 @@ from quart_iot.store.backend import (
     ChangeSink,
     Deleted,
     Saved,
+    StartRefused,
     StorageStats,
     Unconfirmed,
     WriteMeta,
@@ -57,6 +58,7 @@ class ConfigStore:
         self.refusing_since: float | None = None  # monotonic time the stop began
         self._writes: set[asyncio.Task[Any]] = set()  # writes in flight
         self._gave_up: asyncio.Future[None] | None = None  # done: the stop stops waiting
+        self.start_refused: str | None = None  # why the store would not start (one line)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ConfigStore":
@@ -76,6 +78,7 @@ class ConfigStore:
 
     def init_app(self, app: Quart) -> None:
         app.extensions["config_store"] = self
+        app.logger.addFilter(_no_refusal_traceback)
         app.before_serving(self._start)
         app.after_serving(self._stop)
         app.before_request(_arrived)
@@ -280,13 +283,23 @@ class ConfigStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        await self.backend.start(self)
+        try:
+            await self.backend.start(self)
+        except StartRefused as refusal:  # `python -m quart_iot` then exits 1
+            self.start_refused = str(refusal)
+            log.error("not starting: %s", refusal)  # noqa: TRY400 (one line, no traceback)
+            raise
 
     async def _stop(self) -> None:
         # A write that outlived SHUTDOWN_TIMEOUT still ends, and is told (its audit line).
         if self._writes and not await self.drain(WRITE_END_SECONDS):
             log.warning("stopping: %d write(s) still running, not awaited", len(self._writes))
         await self.backend.stop()
+
+
+def _no_refusal_traceback(record: logging.LogRecord) -> bool:
+    """Quart logs a failed start with its traceback; a refusal was said in one line."""
+    return not (record.exc_info and isinstance(record.exc_info[1], StartRefused))
 
 
 def current_store() -> ConfigStore:

@@ -5,7 +5,9 @@ the wire. The directory store has no ids of its own, so the id is `<epoch>-<sequ
 epoch being random per process: an id from another process or an older one is unknown, and
 the stream says `reset`. A store that numbers its changes (PostgreSQL: one sequence for all
 replicas) passes its own id to `append`; ids are only ever looked up, never parsed, so either
-kind works, and a lookup that misses is where such a store's `changes_after` would answer.
+kind works, and a lookup that misses is where such a store's `changes_after` answers
+(streams.py, `resume`). When the store may have missed changes, a gap event tells every stream
+that reads past it to `reset`.
 """
 
 import json
@@ -60,10 +62,20 @@ class EventBuffer:
         """Add one change, encoded once; `event_id` when the store numbers its changes."""
         seq = self.head + 1
         event_id = event_id or f"{self.epoch}-{seq}"
-        event = Event(seq, event_id, event_frame(event_id, mac, etag))
-        self._ring[seq % self.size] = event
-        self.head = seq
-        self._positions[event_id] = seq
+        return self._add(Event(seq, event_id, event_frame(event_id, mac, etag)))
+
+    def append_gap(self) -> Event:
+        """Changes may have been missed here (the store lost its feed for a while): whoever
+        reads past this point is told `reset`. Its id is this process's own: resumed from on
+        another replica, it is unknown there, and resets again."""
+        seq = self.head + 1
+        event_id = f"{self.epoch}-{seq}"
+        return self._add(Event(seq, event_id, reset_frame(event_id)))
+
+    def _add(self, event: Event) -> Event:
+        self._ring[event.seq % self.size] = event
+        self.head = event.seq
+        self._positions[event.id] = event.seq
         if len(self._positions) > 2 * self.size:  # forget the ids of events long gone
             self._positions = {event.id: event.seq for event in self._ring}
         return event

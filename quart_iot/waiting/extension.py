@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from aioprometheus.collectors import Gauge
 from quart import Quart, Response, current_app, request
 
-from quart_iot.errors import ApiError
+from quart_iot.errors import ApiError, ConfigNotFound
 from quart_iot.metrics import Metrics
 from quart_iot.oidc.errors import Unauthorized
 from quart_iot.settings import Settings
@@ -27,6 +27,7 @@ log = logging.getLogger("quart_iot.waiting")
 
 # What `watching` yields: a registered waiter, the error a wait would get, or None (no wait).
 Watch = Waiter | ApiError | None
+_CANNOT_TELL = "?"  # an ETag no document has: every long poll of the device wakes
 
 
 class Waiting:
@@ -42,7 +43,9 @@ class Waiting:
         self.long_polls = LongPolls()
         self.streams = Streams(self.buffer, settings.events_heartbeat_seconds)
         self.holds = Holds(settings.max_waiters, settings.max_waiters_per_subject, self._count)
-        self.peers = Peers.from_environment()
+        # With PostgreSQL, NOTIFY reaches every process: the workers need no datagrams.
+        self.peers = Peers.from_environment() if settings.database_url is None else None
+        self._checks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def of(cls, app: Quart) -> "Waiting":
@@ -60,7 +63,7 @@ class Waiting:
         )
         self._count("long_poll", 0)
         self._count("events", 0)
-        store = ConfigStore.of(app)
+        store = self._store = ConfigStore.of(app)
         store.change_sinks.append(self)
         GracefulStop.of(app).stop_listeners.append(self.stop)
         if self.peers is not None:
@@ -129,6 +132,9 @@ class Waiting:
         if expires_at is not None:
             seconds = min(seconds, expires_at - time.time())
         deadline = asyncio.get_running_loop().time() + seconds
+        if position is None and resume_after:  # not in the buffer: the store may know it
+            resumed = self.streams.resume(resume_after, deadline, self._store.changes_after)
+            return self._held(resumed, subject)
         return self._held(self.streams.follow(position, deadline), subject)
 
     async def _held(
@@ -147,8 +153,27 @@ class Waiting:
         self.document_changed(change.mac, change.etag, change.id)
 
     def changes_missed(self) -> None:
-        """The store's ChangeSink: changes may have been missed; nothing the directory store
-        does calls it (the PostgreSQL store does, after a lost LISTEN connection)."""
+        """The store's ChangeSink: changes may have been missed (the PostgreSQL store lost its
+        LISTEN connection for a while; the directory store never calls it). Streams reading
+        past this point get `reset`; long polls look at their document again."""
+        self.buffer.append_gap()
+        self.streams.wake()
+        check = asyncio.get_running_loop().create_task(self._check_long_polls())
+        self._checks.add(check)
+        check.add_done_callback(self._checks.discard)
+
+    async def _check_long_polls(self) -> None:
+        """Wake the long polls whose document changed, one read per device, one at a time
+        (a few pooled connections, however many wait)."""
+        for mac in self.long_polls.macs():
+            try:
+                etag: str | None = await self._store.current_etag(mac)
+            except ConfigNotFound:
+                etag = None
+            except ApiError:  # cannot tell: they read it again themselves
+                self.long_polls.wake(mac, _CANNOT_TELL)
+                continue
+            self.long_polls.wake(mac, etag)
 
     def document_changed(self, mac: str, etag: str | None, event_id: str | None = None) -> None:
         """A device's document changed (by any writer): wake its long polls and the streams.

@@ -30,6 +30,10 @@ class LongPolls:
     def __len__(self) -> int:
         return sum(len(waiters) for waiters in self._by_mac.values())
 
+    def macs(self) -> list[str]:
+        """The devices long polls wait on now."""
+        return list(self._by_mac)
+
     def on(self, mac: str) -> int:
         """How many long polls wait on this device now."""
         return len(self._by_mac.get(mac, ()))

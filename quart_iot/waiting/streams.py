@@ -9,10 +9,21 @@ encoded once, in the buffer.
 """
 
 import asyncio
-from collections.abc import AsyncGenerator
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 
-from quart_iot.waiting.events import CONNECTED, KEEP_ALIVE, EventBuffer, id_frame, reset_frame
+from quart_iot.errors import ApiError
+from quart_iot.store import Change
+from quart_iot.waiting.events import (
+    CONNECTED,
+    KEEP_ALIVE,
+    EventBuffer,
+    event_frame,
+    id_frame,
+    reset_frame,
+)
 
+ChangesAfter = Callable[[str], Awaitable[list[Change] | None]]  # the store's feed
 FAN_OUT_BATCH = 8  # streams woken per turn of the event loop (bench-bursts chose it)
 
 
@@ -28,14 +39,22 @@ class Streams:
         self._fan_out: asyncio.Task[None] | None = None
         self._again = False  # a change arrived while the fan-out ran: one more round
 
-    async def follow(self, position: int | None, deadline: float) -> AsyncGenerator[bytes, None]:
+    async def follow(
+        self,
+        position: int | None,
+        deadline: float,
+        sent: Collection[str] = (),
+        greeting: bytes = CONNECTED,
+    ) -> AsyncGenerator[bytes, None]:
         """A stream after `position` (None: unknown, it starts with `reset`) that ends by itself
-        at `deadline` (event loop time), sending where it stood."""
+        at `deadline` (event loop time), sending where it stood. Events whose id is in `sent`
+        were sent already (by `resume`), and are not sent again."""
         loop = asyncio.get_running_loop()
         buffer = self.buffer
         self.open += 1
         try:
-            yield CONNECTED
+            if greeting:  # never an empty chunk: it would end a chunked answer
+                yield greeting
             # What the client has seen, where it resumes when we end the stream.
             last_id = buffer.id_at(position) if position is not None else ""
             while not self.stopping:
@@ -45,7 +64,8 @@ class Streams:
                     yield reset_frame(last_id)
                 elif events:
                     position, last_id = events[-1].seq, events[-1].id
-                    yield b"".join(event.frame for event in events)
+                    if chunk := b"".join(e.frame for e in events if e.id not in sent):
+                        yield chunk
                 elif not await self._sleep(deadline) and loop.time() < deadline:
                     yield KEEP_ALIVE
                 if loop.time() >= deadline:
@@ -53,6 +73,32 @@ class Streams:
                     return
         finally:
             self.open -= 1
+
+    async def resume(
+        self, last: str, deadline: float, changes_after: ChangesAfter
+    ) -> AsyncGenerator[bytes, None]:
+        """A stream after the event `last`, which the buffer does not hold (it was sent by
+        another replica, or before this process listened): the store's own feed brings the
+        client up to date, then the buffer takes over. `reset` when the store cannot tell
+        (the directory keeps no feed; an id older than the store keeps; the store is down)."""
+        yield CONNECTED
+        sent = {last}
+        position: int | None = None
+        while (position := self.buffer.position(last)) is None:
+            head = self.buffer.head  # every event up to here was heard before the store's answer
+            try:
+                changes = await changes_after(last)
+            except ApiError:
+                changes = None
+            if not changes:  # None: cannot tell (reset); []: up to date, the buffer goes on
+                position = None if changes is None else head
+                break
+            yield b"".join(event_frame(c.id, c.mac, c.etag) for c in changes)
+            sent.update(change.id for change in changes)
+            last = changes[-1].id
+        async with contextlib.aclosing(self.follow(position, deadline, sent, b"")) as rest:
+            async for chunk in rest:
+                yield chunk
 
     async def _sleep(self, deadline: float) -> bool:
         """Until woken (True), or the heartbeat or the deadline is due (False)."""

@@ -47,6 +47,7 @@ DAY_NS = 86_400 * 1_000_000_000
 SUBJECT_CHARS = 255  # OpenID Connect's limit for `sub`, as the directory store keeps it
 CHANGES_KEPT = 10_000  # the change feed `changes_after` answers from (older: reset)
 PRUNE_SECONDS = 60.0
+SURVEY_SECONDS = 60.0  # the history's figures for the metrics, refreshed (as the directory's)
 CREATE_ATTEMPTS = 3  # a save that found no document, then lost the race to create it
 
 
@@ -70,10 +71,16 @@ def refuse_existing(mac: str, precondition: Precondition) -> None:
     raise ConfigExists(mac)
 
 
-def signed_by(meta: WriteMeta) -> str | None:
+def signed_by(meta: WriteMeta) -> bytes | None:
+    """The subject as kept: UTF-8 (a lone surrogate replaced), any character, NUL included."""
     if meta.subject is None:
         return None
-    return meta.subject[:SUBJECT_CHARS].encode("utf-8", "replace").decode()  # no lone surrogate
+    return meta.subject[:SUBJECT_CHARS].encode("utf-8", "replace")
+
+
+def _count(status: str) -> int:
+    """The rows a DELETE removed, from its status ("DELETE 3")."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def _one_row(conn: Connection, query: str, *args: Any) -> asyncpg.Record:
@@ -107,6 +114,9 @@ class PostgresBackend:
         self._listed: tuple[int, bytes, int] | None = None  # (last change id, body, count)
         self._tasks: list[asyncio.Task[None]] = []
         self.searches = PostgresSearches(self._read, self._connection, self._long_session)
+        self._survey: tuple[int, int] | None = None  # (versions, bytes), as last surveyed
+        self.listener: Listener | None = None
+        self._pruned = 0  # versions retention removed in this process
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PostgresBackend":
@@ -131,8 +141,8 @@ class PostgresBackend:
         """Connect and migrate if the database answers (SchemaTooNew stops the start), else
         go on connecting in the background; then listen, and prune now and then."""
         await self.db.open()
-        listener = Listener(self.db.connect, sink, self.limits.timeout)
-        self._tasks = [asyncio.create_task(listener.run(), name="postgres listener")]
+        self.listener = Listener(self.db.connect, sink, self.limits.timeout)
+        self._tasks = [asyncio.create_task(self.listener.run(), name="postgres listener")]
         try:
             await self._prepare()
         except StorageUnavailable as error:
@@ -142,7 +152,13 @@ class PostgresBackend:
             await self.stop()
             raise
         else:
-            self._spawn(self._prune_now_and_then(), "postgres retention")
+            self._serve_in_background()
+            with contextlib.suppress(TimeoutError):  # serving starts listening to changes
+                await asyncio.wait_for(self.listener.listening.wait(), self.limits.timeout)
+
+    def _serve_in_background(self) -> None:
+        self._spawn(self._prune_now_and_then(), "postgres retention")
+        self._spawn(self._survey_now_and_then(), "postgres history survey")
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -154,8 +170,9 @@ class PostgresBackend:
         await self.db.close()
 
     def stats(self) -> StorageStats:
-        """No history figures yet: their gauges stay absent (never a made-up zero)."""
-        return StorageStats()
+        """The history's figures as last surveyed (absent before the first survey)."""
+        versions, size = self._survey or (None, None)
+        return StorageStats(versions_kept=versions, history_bytes=size, pruned=self._pruned)
 
     async def health(self) -> tuple[StorageState, str | None]:
         """(the storage state, the reason when it is unavailable)."""
@@ -192,7 +209,7 @@ class PostgresBackend:
                 log.error("%s", error)  # noqa: TRY400 (one clear line, no traceback)
                 return
             log.warning("database usable: serving")
-            self._spawn(self._prune_now_and_then(), "postgres retention")
+            self._serve_in_background()
             return
 
     @asynccontextmanager
@@ -275,6 +292,7 @@ class PostgresBackend:
             )  # fmt: skip
             if not written["written"]:
                 raise _CreateRaced  # rolls back the change id it took
+        self._pruned += written["pruned"]
         return Saved(new, before, written["version"])
 
     async def delete(self, mac: str, precondition: Precondition, meta: WriteMeta) -> Deleted:
@@ -288,6 +306,7 @@ class PostgresBackend:
                 conn, statements.DELETE, mac, signed_by(meta), meta.change_id, self.keep_versions,
                 self.max_age_ns,
             )  # fmt: skip
+        self._pruned += written["pruned"]
         return Deleted(mac, row["etag"], written["version"])
 
     # -- history -----------------------------------------------------------------------------
@@ -322,9 +341,10 @@ class PostgresBackend:
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PRUNE_LOCK):
                 return  # another replica is at it
             if self.keep_versions > 0:
-                await conn.execute(history.PRUNE_AGED, self.max_age_ns)
+                self._pruned += _count(await conn.execute(history.PRUNE_AGED, self.max_age_ns))
             if counted:
-                await conn.execute(history.PRUNE_COUNTED, self.keep_versions)
+                status = await conn.execute(history.PRUNE_COUNTED, self.keep_versions)
+                self._pruned += _count(status)
             await conn.execute(
                 "DELETE FROM config_changes WHERE id <= (SELECT last_id FROM config_feed) - $1",
                 CHANGES_KEPT,
@@ -340,14 +360,25 @@ class PostgresBackend:
         seconds = self.limits.connect_timeout + self.limits.statement_timeout
         return self.db.connection(asyncio.get_running_loop().time() + seconds)
 
+    async def _survey_now_and_then(self) -> None:
+        """The history's figures for the metrics: one query a minute, not one per scrape."""
+        while True:
+            with contextlib.suppress(StorageUnavailable):  # the last figures stay meanwhile
+                row = await self._read(statements.SURVEY)
+                self._survey = (row["versions"], row["bytes"])
+            await asyncio.sleep(SURVEY_SECONDS)
+
     # -- the change feed ---------------------------------------------------------------------
 
     async def changes_after(self, change_id: str) -> list[Change] | None:
         """The changes after `change_id` (`<epoch>-<n>`), oldest first; None when they are no
-        longer all kept, or the id is not of this database."""
+        longer all kept, the id is not of this database, or this process does not listen to
+        changes now (those after the answer could be missed)."""
         epoch, _, number = change_id.partition("-")
         if epoch != self.epoch or not number.isdigit() or len(number) > 18:
             return None
+        if self.listener is None or not self.listener.listening.is_set():
+            return None  # changes from now on might not be heard: no promise of the rest
         after = int(number)
         last, first = await self._read(
             "SELECT last_id, (SELECT min(id) FROM config_changes) FROM config_feed"

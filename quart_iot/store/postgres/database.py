@@ -14,6 +14,7 @@ from typing import TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from quart_iot import storagetime
 from quart_iot.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -194,9 +195,10 @@ class Database:
             deadline = loop.time() + self.limits.timeout
         ended: list[BaseException | None] = [None]
         try:
-            async with self._pool.acquire(timeout=max(deadline - loop.time(), 0.001)) as conn:
-                with _ended_at(deadline, conn) as ended:
-                    yield conn
+            with storagetime.measured():
+                async with self._pool.acquire(timeout=max(deadline - loop.time(), 0.001)) as conn:
+                    with _ended_at(deadline, conn) as ended:
+                        yield conn
         except UNAVAILABLE as error:
             reason = self.outage.failed(ended[0] or error)
             if isinstance(error, CONNECTION_LOST) and ended[0] is None:

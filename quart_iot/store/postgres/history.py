@@ -50,6 +50,12 @@ def saved_at(version_id: str) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def subject_of(row: asyncpg.Record) -> str | None:
+    """Who made a version (kept as UTF-8 bytes: `text` cannot hold a NUL)."""
+    subject: bytes | None = row["subject"]
+    return subject.decode() if subject is not None else None
+
+
 def item_json(row: asyncpg.Record) -> bytes:
     """A version's listing item: its summary, then what it is (one JSON object)."""
     about = {
@@ -58,7 +64,7 @@ def item_json(row: asyncpg.Record) -> bytes:
         "saved_at": saved_at(row["id"]),
         "size": row["size"],
         "change": row["change"],
-        "subject": row["subject"],
+        "subject": subject_of(row),
     }
     summary: bytes = row["summary"]
     return summary[:-1] + b"," + _json(about)[1:]

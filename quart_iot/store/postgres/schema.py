@@ -5,6 +5,8 @@ import logging
 import secrets
 from typing import TYPE_CHECKING
 
+from quart_iot.store.backend import StartRefused
+
 if TYPE_CHECKING:
     from quart_iot.store.postgres.database import Connection
 
@@ -51,10 +53,14 @@ MIGRATIONS: tuple[str, ...] = (
         at timestamptz NOT NULL DEFAULT now()
     );
     """,
+    # A subject is any JSON string, NUL included, which `text` cannot hold: its UTF-8 bytes.
+    """
+    ALTER TABLE config_versions ALTER COLUMN subject TYPE bytea USING convert_to(subject, 'UTF8');
+    """,
 )
 
 
-class SchemaTooNew(Exception):
+class SchemaTooNew(StartRefused):
     """The database was migrated by a newer version of the service than this one."""
 
     def __init__(self, found: int) -> None:

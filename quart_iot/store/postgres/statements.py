@@ -45,6 +45,7 @@ pruned AS (
         OR id IN (SELECT id FROM config_versions WHERE mac = $1
                   ORDER BY id DESC OFFSET greatest({keep} - 1, 0))
     )
+    RETURNING 1
 )"""
 
 
@@ -82,7 +83,7 @@ version AS (
 {_prune("$7", "$8")},
 change AS (INSERT INTO config_changes (id, mac, etag) SELECT last_id, $1, $3 FROM feed, doc)
 SELECT (SELECT count(*) FROM doc) AS written, (SELECT id FROM version) AS version,
-       {_notify("$3")}
+       (SELECT count(*) FROM pruned) AS pruned, {_notify("$3")}
 FROM feed
 """
 SAVE_NEW = _SAVE.replace(
@@ -113,7 +114,7 @@ version AS (
 {_prune("$4", "$5")},
 change AS (INSERT INTO config_changes (id, mac, etag) SELECT last_id, $1, NULL FROM feed, doc)
 SELECT (SELECT count(*) FROM doc) AS written, (SELECT id FROM version) AS version,
-       {_notify("'-'")}
+       (SELECT count(*) FROM pruned) AS pruned, {_notify("'-'")}
 FROM feed
 """
 
@@ -129,4 +130,14 @@ doc AS (
 ),
 change AS (INSERT INTO config_changes (id, mac, etag) SELECT last_id, $1, $3 FROM feed)
 SELECT {_notify("$3")} FROM feed
+"""
+
+# What the history keeps, for the metrics: its versions, and the bytes of its distinct
+# documents per device (a `deleted` version repeats the one before it: the directory store
+# links the same file again, and counts it once).
+SURVEY = """
+SELECT count(*) AS versions,
+       (SELECT coalesce(sum(size), 0) FROM (SELECT DISTINCT mac, etag, size FROM config_versions) d)
+           AS bytes
+FROM config_versions
 """
