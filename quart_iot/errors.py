@@ -97,8 +97,8 @@ class ConfigUnreadable(ApiError):
 class PreconditionFailed(ApiError):
     status, code = 412, "PRECONDITION_FAILED"
 
-    def __init__(self, mac: str, header: str) -> None:
-        super().__init__(f"Config {mac} does not match the {header} condition")
+    def __init__(self, mac: str, header: str, what: str = "Config") -> None:
+        super().__init__(f"{what} {mac} does not match the {header} condition")
 
 
 class InvalidModelCode(ApiError):
@@ -116,6 +116,15 @@ class ModelNotFound(ApiError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"Device model {model} was not found")
+
+
+class ModelUnreadable(ApiError):
+    """A device model's file (or row) that holds no usable model: not the service's JSON."""
+
+    status, code = 422, "RECORD_UNREADABLE"
+
+    def __init__(self, model: str, problem: str = "is not a readable device model") -> None:
+        super().__init__(f"Device model {model} exists but {problem}")
 
 
 class UnknownModel(ApiError):
@@ -280,9 +289,9 @@ class WriteNotConfirmed(ApiError):
 
     status, code = 503, "WRITE_NOT_CONFIRMED"
 
-    def __init__(self, mac: str, change: str, etag: str | None) -> None:
+    def __init__(self, mac: str, change: str, etag: str | None, what: str = "Config") -> None:
         super().__init__(
-            f"Config {mac} was {change} and is visible, but the disk did not confirm that the "
+            f"{what} {mac} was {change} and is visible, but the disk did not confirm that the "
             "change is durable: a crash of the storage server may undo it",
             {"change": change, "etag": etag},
         )

@@ -20,6 +20,9 @@ class ConfigSummary(BaseModel):
 
     mac_address: str = Field(examples=["aa-bb-cc-dd-ee-ff"])
     device_name: str | None
+    device_model: str | None = Field(
+        description="The document's top-level `deviceModel` (null when missing or not a string)"
+    )
     device_entity_id: str | None
     enable_ota: bool | None
 
@@ -99,6 +102,18 @@ class SavedHeaders(ETagHeader):
         alias="Config-Unchanged",
         description="Sent (`true`) only when the document held these very bytes already: "
         "nothing was written and no history version was kept",
+    )
+
+
+class RestoredHeaders(SavedHeaders):
+    """A restore's headers: as a save's, and whether the restored document meets its model."""
+
+    schema_violations: str = Field(
+        default="3",
+        alias="Schema-Violations",
+        description="Sent only when the restored document does not meet its device model "
+        "(restores are not refused by validation): the number of violations (at most 50 "
+        "counted), or `unknown-model` when it names a model that is not defined",
     )
 
 
@@ -282,6 +297,11 @@ class JsonPatchRequest(RootModel[list[JsonPatchRequestOperation]]):
 
 class MergePatchRequest(RootModel[dict[str, Any]]):
     """`application/merge-patch+json` (RFC 7396): members to set; null removes a member."""
+
+
+class ConfigPatch(RootModel[dict[str, Any] | list[JsonPatchRequestOperation]]):
+    """A PATCH body: a MergePatchRequest or a JsonPatchRequest, as its Content-Type says (the
+    OpenAPI document shows each under its media type)."""
 
 
 # -- fleet search and bulk changes (issue 21) --------------------------------------------------

@@ -107,6 +107,20 @@ def patch_type(mimetype: str) -> str:
     return mimetype
 
 
+def check_patch(mimetype: str, patch: Any) -> None:
+    """A patch that no document can take is InvalidPatch (400) before any is read: a JSON
+    Patch that is not one, a merge patch that is not an object (it would replace the whole
+    document with what is not a config)."""
+    if patch_type(mimetype) == MERGE_PATCH:
+        if not isinstance(patch, dict):
+            raise InvalidPatch("A merge patch of a config is a JSON object", [])
+        return
+    if not isinstance(patch, list):
+        raise InvalidPatch("A JSON Patch is an array of operations", [])
+    for index, operation in enumerate(patch):
+        _step(index, operation)
+
+
 def apply_patch(document: Document, mimetype: str, patch: Any) -> Document:
     """The document a PATCH makes, checked as a PUT's body is: a JSON object within the limits
     of quart_iot.documents (the size limit is the store's, as for a PUT)."""

@@ -4,6 +4,8 @@ Quart extension, `ConfigStore` (extension.py), which every route speaks to.
 - `backend`: the interface every store implements, and the values it returns;
 - `records`: the values every store shares (MACs, version ids, stored documents, conditions);
 - `events`: `Written`, how a write of this process ended, for its listeners;
+- `devicemodels`: device models as every store keeps them, and which documents name them;
+- `conformance`: documents checked against their device model, with the compiled schemas;
 - `extension`: ConfigStore, the async API the routes call, the same for every store;
 - `directory/`: the directory store (blocking file code run in worker threads).
 """
@@ -17,6 +19,8 @@ from quart_iot.store.backend import (
     StorageStats,
     WriteMeta,
 )
+from quart_iot.store.conformance import ModelReport
+from quart_iot.store.devicemodels import ModelEntry, StoredModel
 from quart_iot.store.directory.backend import DirectoryBackend, stop_worker_threads
 from quart_iot.store.events import Written
 from quart_iot.store.extension import ConfigStore, current_store
@@ -37,10 +41,13 @@ __all__ = [
     "ConfigStore",
     "Deleted",
     "DirectoryBackend",
+    "ModelEntry",
+    "ModelReport",
     "Precondition",
     "Saved",
     "StorageStats",
     "StoredConfig",
+    "StoredModel",
     "WriteMeta",
     "Written",
     "canonical_mac",

@@ -71,9 +71,11 @@ def to_store(mac: str, content: Document, max_bytes: int) -> StoredConfig:
 def summary_json(mac: str, content: Document) -> bytes:
     """The list item of a document, rendered once per version of it."""
     name, entity, ota = summary_fields(content)
+    model = content.get("deviceModel")
     summary = {
         "mac_address": mac,
         "device_name": name,
+        "device_model": model if isinstance(model, str) else None,  # as it is, even no code
         "device_entity_id": entity,
         "enable_ota": ota,
     }
@@ -82,11 +84,15 @@ def summary_json(mac: str, content: Document) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Precondition:
-    """What a write requires of the current document (from allow_overwrite and If-* headers)."""
+    """What a write requires of the current document (from allow_overwrite and If-* headers),
+    and of the device model its content was validated against."""
 
     overwrite: bool = True
     if_match: ETags = field(default_factory=ETags)
     if_none_match: ETags = field(default_factory=ETags)
+    # (code, ETag): the model version the content conforms to, which must still be current
+    # when the write is decided (else ModelChanged, or UnknownModel once it is gone).
+    model: tuple[str, str] | None = None
 
     @property
     def create_only(self) -> bool:

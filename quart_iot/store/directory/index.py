@@ -12,15 +12,18 @@ import os
 import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from quart_iot.documents import InvalidJson, etag_of, parse_document
 from quart_iot.errors import ConfigNotFound, ConfigUnreadable, StorageUnavailable
+from quart_iot.store.devicemodels import model_named
 from quart_iot.store.directory.files import (
     CONFIG_NAME,
     HISTORY_NAME,
     LOCK_NAME,
+    MODELS_NAME,
     TEMP_NAME,
     Directory,
     Signature,
@@ -46,10 +49,12 @@ class Entry:
     summary_json: bytes | None  # None: not a usable config
     etag: str | None
     problem: str | None = None
+    model: str | None = None  # the device model the document names
 
     @classmethod
     def of(cls, doc: StoredConfig, signature: Signature, read_at: int, racy: bool) -> "Entry":
-        return cls(signature, read_at, racy, doc.summary_json, doc.etag)
+        model = model_named(doc.summary_json)
+        return cls(signature, read_at, racy, doc.summary_json, doc.etag, model=model)
 
 
 class Index:
@@ -71,6 +76,7 @@ class Index:
         self._primed = False  # a full scan happened: a name not in the index now is new
         self._body: bytes | None = None
         self._count = 0
+        self._models: Counter[str] = Counter()  # documents per device model, with the body
 
     # -- the list ------------------------------------------------------------------------
 
@@ -79,9 +85,29 @@ class Index:
         with self._scan_lock:
             self._check_since(arrived)
             with self._lock:
-                if self._body is None:
-                    self._body, self._count = self._render()
-                return self._body, self._count
+                return self._rendered()
+
+    def model_counts(self, arrived: int) -> Counter[str]:
+        """Documents per device model, as the directory was at some moment after `arrived`."""
+        with self._scan_lock:
+            self._check_since(arrived)
+            with self._lock:
+                self._rendered()
+                return self._models
+
+    def named(self, model: str, arrived: int) -> list[str]:
+        """The MACs of the documents naming `model`, sorted, as of a moment after `arrived`."""
+        with self._scan_lock:
+            self._check_since(arrived)
+            with self._lock:
+                return sorted(name[:-5] for name, e in self._entries.items() if e.model == model)
+
+    def _rendered(self) -> tuple[bytes, int]:
+        """The list body and count, rendered again when an entry changed (holding _lock)."""
+        if self._body is None:
+            self._body, self._count = self._render()
+            self._models = Counter(e.model for e in self._entries.values() if e.model)
+        return self._body, self._count
 
     def _check_since(self, arrived: int) -> None:
         # A check that began after this request arrived saw every change made before:
@@ -140,9 +166,11 @@ class Index:
                         if self._stale(item.name, item.stat(follow_symlinks=False)):
                             stale.append(item.name)
                         seen.add(item.name)
-                elif item.name not in (LOCK_NAME, HISTORY_NAME) and not TEMP_NAME.fullmatch(
-                    item.name
-                ):
+                elif item.name not in (
+                    LOCK_NAME,
+                    HISTORY_NAME,
+                    MODELS_NAME,
+                ) and not TEMP_NAME.fullmatch(item.name):
                     ignored[item.name] = item.inode()
         return seen, stale, ignored
 

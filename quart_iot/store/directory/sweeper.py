@@ -41,6 +41,7 @@ class Sweeper:
         self.retention = retention
         self.lock = lock
         self.write_outage = write_outage
+        self.temp_sweeps: list[Callable[[], None]] = []  # other directories' temp files
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -102,6 +103,8 @@ class Sweeper:
     def remove_stale_temps(self) -> None:
         with storage_errors("clean-up of temp files", self.write_outage):
             self.directory.remove_stale_temps()
+            for sweep in self.temp_sweeps:
+                sweep()
 
 
 async def _run(func: Callable[[], None]) -> None:
