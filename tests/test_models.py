@@ -32,7 +32,7 @@ async def put_model(
     return await client.put(f"/api/models/{code}", json=body, headers=headers or {})
 
 
-async def put_config(client: Client, mac: str, content: dict[str, Any]) -> Any:
+async def put_config(client: Client, mac: str, content: Any) -> Any:
     return await client.put(f"/api/configs/{mac}", json={"content": content})
 
 

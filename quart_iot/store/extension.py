@@ -20,6 +20,7 @@ from werkzeug.datastructures import ETags
 from quart_iot.documents import Document
 from quart_iot.errors import (
     ApiError,
+    ConfigNotFound,
     ModelNotFound,
     PreconditionFailed,
     ShuttingDown,
@@ -55,9 +56,13 @@ Outcome = TypeVar("Outcome", Saved, Deleted, SavedModel, DeletedModel)
 
 WRITE_END_SECONDS = 30.0  # at the end of the stop, how long writes still running are awaited
 ANYONE = WriteMeta()
-# A validated save whose model changed before the save was decided is validated again; a
-# PATCH whose document changed before it was saved is applied again: at most this often.
-ATTEMPTS = 5
+# A validated save whose model changed before the save was decided is validated again, at
+# most this often (a model is rarely written twice a second).
+MODEL_ATTEMPTS = 5
+# A PATCH whose document changed before it was saved is applied again to the newer one. Each
+# time it loses, another writer's write landed: with at most this many writers of one device
+# at once, every PATCH lands.
+PATCH_ATTEMPTS = 10
 
 
 class ConfigStore:
@@ -180,9 +185,8 @@ class ConfigStore:
         check_patch(mimetype, patch)  # 400 before the document is read (404) or written
 
         async def patching() -> Saved:
-            for _ in range(ATTEMPTS):
-                current = await self.backend.get(mac)
-                check_condition(mac, condition, current.etag)  # the client's own: 412
+            for _ in range(PATCH_ATTEMPTS):
+                current = await self._patched_document(mac, condition)
                 content = await _patched(current, mimetype, patch)
                 pinned = Precondition(if_match=ETags([current.etag]))
                 try:
@@ -192,6 +196,17 @@ class ConfigStore:
             raise StorageUnavailable("the document kept changing under the PATCH; retry")
 
         return await self._write("patch", mac, meta, patching)
+
+    async def _patched_document(self, mac: str, condition: Precondition) -> StoredConfig:
+        """The document a PATCH applies to, meeting the client's conditions (412)."""
+        try:
+            current = await self.backend.get(mac)
+        except ConfigNotFound:
+            if condition.if_match:  # as PUT and DELETE answer If-Match on nothing
+                raise PreconditionFailed(mac, "If-Match") from None
+            raise
+        check_condition(mac, condition, current.etag)
+        return current
 
     async def check_content(self, content: Document) -> None:
         """Nothing when content may be written; UnknownModel or SchemaViolation (422) when
@@ -203,7 +218,7 @@ class ConfigStore:
     ) -> Saved:
         """Validated, then saved on the condition that the model it was validated against is
         still that version when the save is decided (else validated again)."""
-        for _ in range(ATTEMPTS):
+        for _ in range(MODEL_ATTEMPTS):
             model = await self.conformance.conform(content)
             pinned = dataclasses.replace(condition, model=model)
             try:
