@@ -1,14 +1,19 @@
 import asyncio
 import json
+import logging
+import socket
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from quart import Quart
 
 from quart_iot.app import create_app
+from quart_iot.documents import etag_of
 from quart_iot.errors import UnknownModel
 from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore, Precondition, WriteMeta
@@ -459,3 +464,71 @@ async def test_model_writes_are_written_events_and_refused_while_stopping(
     store.refuse_writes()
     response = await put_model(client, "m", {"name": "n", "configSchema": None})
     await error_of(response, 503, "SHUTTING_DOWN")
+
+
+# -- the directory store's files -------------------------------------------------------------
+
+
+async def test_the_directory_keeps_a_model_in_models_code_json(
+    client: Client, configs_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    etag = await esp32_model(client)
+    path = configs_dir / ".models" / f"{MODEL_CODE}.json"
+    data = path.read_bytes()
+    assert json.loads(data) == {"name": "ESP32-DevKitC node", "configSchema": esp32_schema()}
+    assert etag == f'"{etag_of(data)}"'  # the ETag of the bytes, as for documents
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in (configs_dir / ".models").iterdir()] == [f"{MODEL_CODE}.json"]
+    await put_config(client, MAC, esp32_device())
+    with caplog.at_level(logging.WARNING):
+        listing = await (await client.get("/api/configs")).get_json()
+    assert listing["count"] == 1
+    assert ".models" not in caplog.text  # the store's own entry, not an odd one
+    await client.delete(f"/api/configs/{MAC}")
+    assert (await client.delete(MODEL)).status_code == 204
+    assert not path.exists()
+
+
+async def test_a_model_file_edited_by_hand_is_read_as_it_is_now(
+    client: Client, configs_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await esp32_model(client)
+    path = configs_dir / ".models" / f"{MODEL_CODE}.json"
+    stricter = esp32_schema()
+    stricter["properties"]["logLevel"] = {"enum": ["error"]}
+    path.write_text(json.dumps({"name": "by hand", "configSchema": stricter}))
+    body = await error_of(await put_config(client, MAC, esp32_device()), 422, "SCHEMA_VIOLATION")
+    assert [v["path"] for v in body["details"]["violations"]] == ["/logLevel"]
+    path.write_text("{not json")
+    await error_of(await client.get(MODEL), 422, "RECORD_UNREADABLE")
+    await error_of(await put_config(client, MAC, esp32_device()), 422, "RECORD_UNREADABLE")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            listing = await (await client.get("/api/models")).get_json()
+            assert listing == {"models": [], "count": 0}
+    assert caplog.text.count(f"skipping '{MODEL_CODE}.json'") == 1  # once, not per request
+    path.write_text(json.dumps({"name": "n", "configSchema": {"pattern": "(["}}))
+    await error_of(await put_config(client, MAC, esp32_device()), 422, "RECORD_UNREADABLE")
+    replaced = await put_model(client, MODEL_CODE, {"name": "n", "configSchema": None})
+    assert replaced.status_code == 200  # a PUT replaces what is there, as for documents
+    assert (await put_config(client, MAC, esp32_device())).status_code == 200
+
+
+def test_temp_files_of_interrupted_model_writes_are_removed_at_start(
+    configs_dir: Path, settings: Settings
+) -> None:
+    models = configs_dir / ".models"
+    models.mkdir()
+    temp = models / f".{MODEL_CODE}.json.{socket.gethostname()}-999999999-0a1b2c3d.tmp"
+    temp.write_text("{}")
+    kept = models / "notes.txt"
+    kept.write_text("not ours")
+
+    async def start() -> None:
+        app = create_app(settings)
+        async with app.test_app():
+            pass
+
+    asyncio.run(start())
+    assert not temp.exists()
+    assert kept.exists()
