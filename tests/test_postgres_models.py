@@ -69,7 +69,8 @@ async def test_the_migration_gives_every_stored_summary_its_device_model(
             model_named(summary_json(mac, content))
             for mac, content in zip(MACS, CONTENTS, strict=False)
         ]
-        counts = dict(await conn.fetch("SELECT device_model, count(*) FROM configs GROUP BY 1"))
+        grouped = await conn.fetch("SELECT device_model, count(*) FROM configs GROUP BY 1")
+        counts = {row[0]: row[1] for row in grouped}
         assert counts == {"esp32": 2, "relay": 1, "m": 1, None: 9}
     finally:
         await conn.close()
