@@ -109,9 +109,10 @@ async def get_device_config(mac_address: str) -> Response:
 @validate_request(ConfigSave)
 @document_response(ConfigDetail, headers_model_class=SavedHeaders)
 @document_headers(ConditionalHeaders)
-@document_errors(400, 408, 409, 412, 413, 415, 503)
+@document_errors(400, 408, 409, 412, 413, 415, 422, 503)
 async def save_config(mac_address: str, data: ConfigSave) -> Response:
-    """Create or replace a device config (409 if it exists and allow_overwrite is false)."""
+    """Create or replace a device config (409 if it exists and allow_overwrite is false; 422
+    when it names a device model it does not meet)."""
     saved = await current_store().save(
         mac_address, data.content, precondition(data), WriteMeta(writer_subject())
     )
