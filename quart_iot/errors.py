@@ -197,6 +197,21 @@ class InvalidPatch(InvalidBody):
         super().__init__(message, {"errors": [{"loc": loc, "msg": message, "type": kind}]})
 
 
+class UnprocessablePatch(ApiError):
+    """A well-formed patch that cannot be carried out whatever the document, or whose result
+    would not be a config (RFC 5789 2.2: 422). What the OpenAPI schema of a patch cannot say."""
+
+    status, code = 422, "UNPROCESSABLE_PATCH"
+
+    def __init__(
+        self,
+        message: str = "The patched document would not be a JSON object, which a config is",
+        operation: int | None = None,
+    ) -> None:
+        details = {"operation": operation} if operation is not None else None
+        super().__init__(f"{message}; nothing was written", details)
+
+
 class PatchConflict(ApiError):
     """A well-formed JSON Patch that does not apply to the current document."""
 

@@ -21,7 +21,7 @@ from quart_iot.documents import (
     dump_document,
     parse_document,
 )
-from quart_iot.errors import InvalidPatch, PatchConflict, UnsupportedPatchType
+from quart_iot.errors import InvalidPatch, PatchConflict, UnprocessablePatch, UnsupportedPatchType
 
 Operation = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -127,7 +127,7 @@ def apply_patch(document: Document, mimetype: str, patch: Any) -> Document:
     merge = patch_type(mimetype) == MERGE_PATCH
     result = merge_patch(document, patch) if merge else json_patch(document, patch)
     if not isinstance(result, dict):
-        raise InvalidPatch("The patched document is not a JSON object, which a config is", [])
+        raise UnprocessablePatch
     try:  # the stored form, read back as a PUT's body is read: the same limits, a fresh object
         return parse_document(dump_document(result))
     except InvalidJson as error:
@@ -202,9 +202,9 @@ def _step(index: int, operation: Any) -> _Step:
     path = _pointer(operation, index, "path")
     source = _pointer(operation, index, "from") if needs == "from" else ()
     if op == "move" and len(source) < len(path) and path[: len(source)] == source:
-        raise InvalidPatch("A value cannot be moved into one of its own members", [index, "from"])
+        raise UnprocessablePatch("A value cannot be moved into one of its own members", index)
     if op == "remove" and not path:
-        raise InvalidPatch("The whole document cannot be removed (DELETE does that)", [index])
+        raise UnprocessablePatch("The whole document cannot be removed (DELETE does that)", index)
     return _Step(index, op, path, source, operation.get("value"))
 
 

@@ -71,6 +71,10 @@ async def test_every_json_patch_example_of_rfc_6902(client: Client) -> None:
         conflict = await error_of(await patch(client, body, JSON_PATCH), 409, "PATCH_CONFLICT")
         assert conflict["details"]["path"] == where
     assert (await client.get(CONFIG)).headers["ETag"] == etag  # all or nothing
+    # Well-formed, but the result would be no config (RFC 5789 2.2: 422).
+    for body in ([op("replace", "", value=[1])], [op("move", "", from_="/baz")]):
+        await error_of(await patch(client, body, JSON_PATCH), 422, "UNPROCESSABLE_PATCH")
+    assert (await client.get(CONFIG)).headers["ETag"] == etag
     # A.13: an operation with two "op" members is malformed.
     twice = b'[{"op": "add", "path": "/baz", "value": "qux", "op": "remove"}]'
     await error_of(await patch(client, twice, JSON_PATCH), 400, "VALIDATION_FAILED")
