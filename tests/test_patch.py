@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from quart_iot.documents import MAX_DEPTH, MAX_VALUES
+from quart_iot.documents import MAX_DEPTH, MAX_VALUES, dump_document
 from quart_iot.errors import InvalidPatch, PatchConflict, UnprocessablePatch, UnsupportedPatchType
 from quart_iot.patch import (
     JSON_PATCH,
@@ -447,7 +447,25 @@ def test_the_patched_document_meets_a_puts_limits() -> None:
         apply_patch({}, JSON_PATCH, [op("add", "/a", value=[[] for _ in range(10_001)])])
     patched = apply_patch(document, MERGE_PATCH, {"b": [1]})
     assert patched["b"] == [1]
-    assert patched["a"] is not document["a"]
+    assert document == {"a": list(range(60_000))}  # unchanged; what the patch left is shared
+    assert patched["a"] is document["a"]
+
+
+def test_the_cheap_count_of_the_limits_never_lets_a_document_past_them() -> None:
+    # Brackets and commas inside strings are counted too: more, never fewer.
+    document = {"a": list(range(60_000)), "s": "[,{" * 10}
+    stored = dump_document(document)
+    with pytest.raises(InvalidPatch, match=f"more than {MAX_VALUES} values"):
+        apply_patch(document, MERGE_PATCH, {"b": list(range(60_000))}, stored)
+    with pytest.raises(InvalidPatch, match="more than 10000 objects and arrays"):
+        apply_patch({}, MERGE_PATCH, {"a": [[] for _ in range(10_001)]}, b"{}\n")
+    with pytest.raises(InvalidPatch, match=f"more than {MAX_VALUES} values"):  # a copy doubles
+        apply_patch(document, JSON_PATCH, [op("copy", "/b", from_="/a")], stored)
+    near = {"a": list(range(50_000))}  # not sure from the count: checked, and within
+    patched = apply_patch(near, MERGE_PATCH, {"b": list(range(49_990))}, dump_document(near))
+    assert len(patched["b"]) == 49_990
+    small = apply_patch(document, MERGE_PATCH, {"s": "x"}, stored)  # sure: nothing rendered
+    assert small == {**document, "s": "x"}
 
 
 @pytest.mark.parametrize(

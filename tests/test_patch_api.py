@@ -111,20 +111,22 @@ async def test_a_patch_never_creates(client: Client) -> None:
     await error_of(await client.get(CONFIG), 404, "RECORD_NOT_FOUND")
 
 
-async def test_a_patch_that_no_document_takes_is_400_before_anything_is_read(
+async def test_a_patch_that_no_document_takes_is_refused_before_anything_is_read(
     client: Client,
 ) -> None:
     for body, mimetype in (
         ({"op": "add", "path": "/a", "value": 1}, JSON_PATCH),  # not an array
         ([{"op": "jump", "path": "/a"}], JSON_PATCH),
         ([{"op": "add", "path": "a", "value": 1}], JSON_PATCH),
-        ([{"op": "remove", "path": ""}], JSON_PATCH),
         ([1, 2], MERGE_PATCH),  # would replace the whole document with a list
         ("text", MERGE_PATCH),
         (b"{not json", MERGE_PATCH),
         (b"", MERGE_PATCH),
     ):
         await error_of(await patch(client, body, mimetype), 400, "VALIDATION_FAILED")
+    # Well-formed, and no document can take it: 422, still before the document is read.
+    for body in ([{"op": "remove", "path": ""}], [op("move", "/a/b", from_="/a")]):
+        await error_of(await patch(client, body, JSON_PATCH), 422, "UNPROCESSABLE_PATCH")
 
 
 async def test_other_media_types_are_415_with_accept_patch(client: Client) -> None:
@@ -219,6 +221,10 @@ async def test_a_patch_of_a_large_document_changes_one_field(client: Client) -> 
     assert (await patched.get_json())["content"] == {**document, "reportIntervalSeconds": 120}
     schema = await (await client.get(f"/api/models/{MODEL_CODE}")).get_json()
     assert schema["configSchema"] == esp32_schema()
+    bulky = {"blob": ["x" * 100] * 1000}  # over 64 KiB: patched in a worker thread
+    await put_config(client, OTHER_MAC, bulky)
+    patched = await patch(client, [op("add", "/blob/-", value="y")], JSON_PATCH, mac=OTHER_MAC)
+    assert (await patched.get_json())["content"]["blob"][-2:] == ["x" * 100, "y"]
 
 
 async def test_a_patch_wakes_a_waiting_device_and_is_told_as_a_patch(

@@ -418,8 +418,10 @@ def check_condition(mac: str, precondition: Precondition, current: str) -> None:
 async def _patched(current: StoredConfig, mimetype: str, patch: Any) -> Document:
     """The document a patch makes of `current` (in a worker thread when it is large)."""
     if len(current.raw) <= PARSE_INLINE_BYTES:
-        return apply_patch(current.content, mimetype, patch)
-    return await anyio.to_thread.run_sync(lambda: apply_patch(current.content, mimetype, patch))
+        return apply_patch(current.content, mimetype, patch, current.raw)
+    return await anyio.to_thread.run_sync(
+        lambda: apply_patch(current.content, mimetype, patch, current.raw)
+    )
 
 
 def current_store() -> ConfigStore:

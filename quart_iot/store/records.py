@@ -40,11 +40,14 @@ class StoredConfig:
     raw: bytes
     summary_json: bytes
     etag: str
+    # The document, when whoever read the bytes parsed them anyway (a PATCH then parses a
+    # 20 KB document once, not twice). Never changed by those who read it.
+    parsed: Document | None = field(default=None, compare=False, repr=False)
 
     @property
     def content(self) -> Document:
         """The parsed document (parsed on demand: serving it needs only its bytes)."""
-        return parse_document(self.raw)
+        return self.parsed if self.parsed is not None else parse_document(self.raw)
 
     def detail_json(self) -> bytes:
         """The Detail body: the summary and the document, as stored when that is UTF-8 JSON."""
@@ -55,8 +58,8 @@ class StoredConfig:
 
     @classmethod
     def of_bytes(cls, mac: str, raw: bytes, content: Document) -> "StoredConfig":
-        """A document from its stored bytes and their parsed content."""
-        return cls(mac, raw, summary_json(mac, content), etag_of(raw))
+        """A document from its stored bytes and their parsed content (kept)."""
+        return cls(mac, raw, summary_json(mac, content), etag_of(raw), content)
 
 
 def to_store(mac: str, content: Document, max_bytes: int) -> StoredConfig:
@@ -65,7 +68,7 @@ def to_store(mac: str, content: Document, max_bytes: int) -> StoredConfig:
     raw = dump_document(content)
     if len(raw) > max_bytes:
         raise DocumentTooLarge(len(raw), max_bytes)
-    return StoredConfig.of_bytes(mac, raw, content)
+    return StoredConfig(mac, raw, summary_json(mac, content), etag_of(raw))  # not the caller's
 
 
 def summary_json(mac: str, content: Document) -> bytes:

@@ -30,7 +30,7 @@ from quart_iot.store.directory.files import (
     Unusable,
 )
 from quart_iot.store.directory.outage import Outage, storage_errors
-from quart_iot.store.records import StoredConfig, summary_json
+from quart_iot.store.records import StoredConfig
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class Index:
         except InvalidJson as error:
             self.remember(name, Entry(signature, read_at, racy, None, None, str(error)))
             return None
-        document = StoredConfig(name[:-5], data, summary_json(name[:-5], content), etag_of(data))
+        document = StoredConfig.of_bytes(name[:-5], data, content)
         self.remember(name, Entry.of(document, signature, read_at, racy))
         return document
 
