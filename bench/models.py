@@ -25,9 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.__main__ import CEILING_SCENARIO, RESULTS, WORK
+from bench.__main__ import RESULTS, WORK
 from bench.documents import fill_directory, mac_of
-from bench.history import measure, put_json
+from bench.history import pair, put_json
 from bench.report import Pair
 from bench.server import BenchServer
 from bench.wrk import CONNECTIONS, Scenario, require_wrk
@@ -98,11 +98,7 @@ def main(argv: list[str]) -> int:
     plan = scenarios(work)
     with BenchServer(work / "configs", work / "server.log") as server:
         prepare(server)
-        runs = [
-            {s.name: Pair(measure(wrk, server, CEILING_SCENARIO, args), measure(wrk, server, s, args))
-             for s in plan}
-            for _ in range(args.runs)
-        ]  # fmt: skip
+        runs = [{s.name: pair(wrk, server, s, args) for s in plan} for _ in range(args.runs)]
     page, passed = report(runs, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "models.md").write_text(page, encoding="utf-8")
