@@ -19,6 +19,7 @@ whole 20 KB. Writes bench/results/models.md.
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -96,9 +97,11 @@ def main(argv: list[str]) -> int:
     (work / "configs").mkdir(parents=True)
     fill_directory(work / "configs", DOCUMENTS)
     plan = scenarios(work)
+    load = os.getloadavg()[0]
     with BenchServer(work / "configs", work / "server.log") as server:
         prepare(server)
         runs = [{s.name: pair(wrk, server, s, args) for s in plan} for _ in range(args.runs)]
+    args.load = (load, os.getloadavg()[0])
     page, passed = report(runs, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "models.md").write_text(page, encoding="utf-8")
@@ -111,6 +114,7 @@ def ratio(run: dict[str, Pair], name: str) -> float:
 
 
 def report(runs: list[dict[str, Pair]], args: argparse.Namespace) -> tuple[str, bool]:
+    load = getattr(args, "load", (float("nan"), float("nan")))
     sizes = {
         "1.9 KB": len(dump_document(esp32_device())),
         "20 KB": len(dump_document(large_esp32_device(20_000))),
@@ -120,9 +124,11 @@ def report(runs: list[dict[str, Pair]], args: argparse.Namespace) -> tuple[str, 
         "",
         f"`./pdmw run bench-models`: wrk, 1 thread, {CONNECTIONS} connections, {args.seconds} s "
         f"per run after a 1 s warm-up, medians of {args.runs} runs; {DOCUMENTS} documents, the "
-        f"directory store, history on. Documents of {sizes['1.9 KB']} and {sizes['20 KB']} "
-        "bytes; every write changes its document. Ratio: the scenario's req/s over the "
-        "ceiling's (`GET /api/health/live`, same server, measured right before).",
+        f"directory store, history on; {os.cpu_count()} CPUs, load average {load[0]:.1f} at "
+        f"the start and {load[1]:.1f} at the end. Documents of {sizes['1.9 KB']} and "
+        f"{sizes['20 KB']} bytes; every write changes its document. Ratio: the scenario's "
+        "req/s over the ceiling's (`GET /api/health/live`, same server, measured right "
+        "before); each verdict is the median, over the runs, of the two ratios' quotient.",
         "",
         "| scenario | req/s | ratio to ceiling | p50 ms | p99 ms | CPU us/req |",
         "|---|---:|---:|---:|---:|---:|",
