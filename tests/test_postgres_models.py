@@ -3,15 +3,18 @@ phase 1 to the list item with `device_model`, and the generated column that coun
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from quart_iot.copy import main as copy_main
 from quart_iot.documents import dump_document, etag_of
 from quart_iot.store.devicemodels import MODEL_IN_SUMMARY, model_named
 from quart_iot.store.postgres import schema
 from quart_iot.store.records import summary_json
+from tests.conftest import MAC, write_config
 
 MACS = [f"00-00-00-00-00-{index:02x}" for index in range(1, 40)]
 # Contents whose list item PostgreSQL must render byte for byte as Python does.
@@ -80,3 +83,15 @@ def test_the_generated_column_uses_the_rule_of_the_directory_store() -> None:
     # A released migration never changes: this says when the rule in the code moved from it.
     assert f"'{MODEL_IN_SUMMARY}'" in schema.MIGRATIONS[1]
     assert re.compile(MODEL_IN_SUMMARY)
+
+
+def test_copy_takes_the_models_directory_for_the_store_s_own(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "configs"
+    (source / ".models").mkdir(parents=True)
+    (source / ".models" / "relay.json").write_text('{"name": "Relay", "configSchema": null}')
+    write_config(source, MAC, {"deviceModel": "relay"})
+    assert copy_main(["--from", str(source), "--to", pg_url]) == 0
+    output = capsys.readouterr().out.strip().splitlines()
+    assert output == ["copied 1 documents; nothing unchanged"]  # no line about .models

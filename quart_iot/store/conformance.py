@@ -4,8 +4,8 @@ The model is read from the store at every validated write (the directory: a stat
 unchanged; PostgreSQL: one indexed row), so a model changed through another replica counts at
 once. Its schema is compiled once per model version, in a worker thread, and kept by the
 version's ETag (`SchemaCache`): any replica that reads a new ETag compiles that version.
-Validation itself runs on the event loop: about 60 us for a 2 KB document, 150 us for 20 KB
-(docs/PERFORMANCE.md), less than a worker thread's hop.
+Validation itself runs on the event loop: about 50 us for a 2 KB document, 0.5 ms for 20 KB
+(docs/PERFORMANCE.md), less than the parse of the body before it, which runs there too.
 """
 
 from dataclasses import dataclass
