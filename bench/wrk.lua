@@ -1,5 +1,8 @@
 -- wrk script of the benchmark: prints one JSON line of results, and with BENCH_PUT_MACS set
--- sends PUTs of the body in BENCH_PUT_BODY rotating over those MACs (comma separated).
+-- sends writes of the body in BENCH_PUT_BODY rotating over those MACs (comma separated): PUTs,
+-- or BENCH_METHOD (PATCH) with the Content-Type BENCH_CONTENT_TYPE. Each `__N__` in the body
+-- becomes a number that changes at every request (from BENCH_COUNT_FROM to BENCH_COUNT_TO,
+-- then again), so that each write changes its document rather than rewrite its bytes.
 
 local put_macs = os.getenv("BENCH_PUT_MACS")
 
@@ -11,12 +14,23 @@ if put_macs then
   local file = assert(io.open(os.getenv("BENCH_PUT_BODY"), "rb"))
   local body = file:read("*a")
   file:close()
-  local headers = { ["Content-Type"] = "application/json" }
+  local method = os.getenv("BENCH_METHOD") or "PUT"
+  local headers = { ["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE") or "application/json" }
+  local counted = body:find("__N__", 1, true) ~= nil
+  local low = tonumber(os.getenv("BENCH_COUNT_FROM") or "0")
+  local high = tonumber(os.getenv("BENCH_COUNT_TO") or "1000000")
+  local count = low
 
-  -- Defined only in PUT mode: without it wrk sends its one static request, which is faster.
+  -- Defined only in write mode: without it wrk sends its one static request, which is faster.
   function request()
     next_mac = next_mac % #macs + 1
-    return wrk.format("PUT", "/api/configs/" .. macs[next_mac], headers, body)
+    local sent = body
+    if counted then
+      count = count + 1
+      if count > high then count = low end
+      sent = body:gsub("__N__", tostring(count))
+    end
+    return wrk.format(method, "/api/configs/" .. macs[next_mac], headers, sent)
   end
 end
 

@@ -20,13 +20,17 @@ INSTALL_HINT = (
 
 @dataclass(frozen=True)
 class Scenario:
-    """One kind of request: a path, extra headers, and for PUT the MACs and body file."""
+    """One kind of request: a path, extra headers, and for writes the MACs and body file (the
+    method, its Content-Type, and the range of the number `__N__` stands for, wrk.lua)."""
 
     name: str
     path: str
     headers: dict[str, str] = field(default_factory=dict)
     put_macs: tuple[str, ...] = ()
     put_body: Path | None = None
+    method: str = "PUT"
+    content_type: str = "application/json"
+    count: tuple[int, int] = (0, 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,9 @@ def run_wrk(wrk: str, server: BenchServer, scenario: Scenario, seconds: int) -> 
     if scenario.put_macs:
         env["BENCH_PUT_MACS"] = ",".join(scenario.put_macs)
         env["BENCH_PUT_BODY"] = str(scenario.put_body)
+        env["BENCH_METHOD"] = scenario.method
+        env["BENCH_CONTENT_TYPE"] = scenario.content_type
+        env["BENCH_COUNT_FROM"], env["BENCH_COUNT_TO"] = map(str, scenario.count)
     before = cpu_seconds(server.pid)
     done = subprocess.run(
         wrk_command(wrk, server, scenario, seconds),

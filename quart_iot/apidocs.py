@@ -11,8 +11,16 @@ from quart_schema.openapi import OpenAPIProvider
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.routing import BaseConverter
 
-from quart_iot.models import ErrorBody, EventStream
+from quart_iot.models import (
+    ConfigPatch,
+    ErrorBody,
+    EventStream,
+    JsonPatchRequest,
+    MergePatchRequest,
+)
+from quart_iot.patch import JSON_PATCH, MERGE_PATCH
 from quart_iot.store import MAC_PATTERN, VERSION_PATTERN
+from quart_iot.validation import MODEL_CODE_PATTERN
 
 DOCS_PATH = "/api/docs"
 ASSETS = {"swagger-ui-bundle.js", "swagger-ui.css"}
@@ -60,22 +68,42 @@ VERSION_SCHEMA = {
 }
 
 
+MODEL_CODE_SCHEMA = {
+    "type": "string",
+    "pattern": f"^{MODEL_CODE_PATTERN}$",
+    "minLength": 1,
+    "maxLength": 64,
+    "examples": ["esp32_devkitc"],
+}
+PATH_SCHEMAS = {"mac_address": MAC_SCHEMA, "version": VERSION_SCHEMA, "code": MODEL_CODE_SCHEMA}
+# A PATCH body is one of two patch documents, each under its own media type.
+PATCH_BODIES = {MERGE_PATCH: MergePatchRequest, JSON_PATCH: JsonPatchRequest}
+
+
 class _OpenAPIProvider(OpenAPIProvider):
-    """Documents MAC path parameters, empty (204) responses, and response headers."""
+    """Documents path parameters, PATCH bodies, empty (204) responses, response headers."""
 
     def build_path_parameter(self, name: str, converter: BaseConverter) -> dict[str, Any]:
         parameter = super().build_path_parameter(name, converter)
-        if name == "mac_address":
-            parameter["schema"] = dict(MAC_SCHEMA)
-        if name == "version":
-            parameter["schema"] = dict(VERSION_SCHEMA)
+        if name in PATH_SCHEMAS:
+            parameter["schema"] = dict(PATH_SCHEMAS[name])
         return parameter
 
     def build_request_body(
         self, model: Any, source: DataSource
     ) -> tuple[dict[str, Any], dict[str, Any]]:
+        if model is ConfigPatch:
+            return self._patch_body(source)
         body, components = super().build_request_body(model, source)
         return {**body, "required": True}, components  # a PUT without a body is refused
+
+    def _patch_body(self, source: DataSource) -> tuple[dict[str, Any], dict[str, Any]]:
+        content, components = {}, {}
+        for media_type, model in PATCH_BODIES.items():
+            body, definitions = super().build_request_body(model, source)
+            content[media_type] = body["content"]["application/json"]
+            components.update(definitions)
+        return {"content": content, "required": True}, components
 
     def build_response_object(
         self, model: Any, headers_model: Any

@@ -7,7 +7,7 @@ from quart_cors import cors
 
 from quart_iot.apidocs import ApiDocs
 from quart_iot.audit import Audit
-from quart_iot.blueprints import configs, health, history
+from quart_iot.blueprints import configs, health, history, models
 from quart_iot.correlation import HEADER, CorrelationIds
 from quart_iot.errors import register_error_handlers
 from quart_iot.hosts import AllowedHosts, HostCheckedQuart
@@ -48,11 +48,12 @@ def create_app(settings: Settings | None = None) -> Quart:
     register_error_handlers(app)
     app.register_blueprint(configs.blueprint)
     app.register_blueprint(history.blueprint)
+    app.register_blueprint(models.blueprint)
     app.register_blueprint(health.blueprint)
     return cors(
         app,
         allow_origin=settings.cors_origins,
-        allow_methods=["GET", "PUT", "DELETE", "POST"],
+        allow_methods=["GET", "PUT", "PATCH", "DELETE", "POST"],
         allow_headers=[
             "Authorization",
             "Content-Type",
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Quart:
             "WWW-Authenticate",
             "Preference-Applied",
             "Config-Unchanged",
+            "Schema-Violations",
             HEADER,
         ],
         max_age=600,

@@ -12,7 +12,15 @@ from quart_iot.oidc import audit_line, audit_log, current_audit_subject
 from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore, Written
 
-METHODS = {"save": "PUT", "delete": "DELETE", "restore": "POST"}  # how each is asked for
+# How each is asked for.
+METHODS = {
+    "save": "PUT",
+    "patch": "PATCH",
+    "delete": "DELETE",
+    "restore": "POST",
+    "save_model": "PUT",
+    "delete_model": "DELETE",
+}
 
 
 class Audit:
@@ -34,8 +42,10 @@ def log_write(written: Written) -> None:
     after = _quoted(written.etag_after) if written.applied else "unknown"
     # Told in the context of the request that made the write, even after it ended.
     who = current_audit_subject() if has_app_context() else "anonymous"
+    # A model is named by its path, as a refused request's line names it (quart_iot/oidc).
+    target = f"/api/models/{written.mac}" if written.is_model else written.mac
     line = audit_line(
-        METHODS[written.action], written.mac, written.status, "allowed", who, before, after
+        METHODS[written.action], target, written.status, "allowed", who, before, after
     )
     audit_log.info("%s", line)
 

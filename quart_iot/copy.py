@@ -28,6 +28,7 @@ from quart_iot.store.directory.files import (
     CONFIG_NAME,
     HISTORY_NAME,
     LOCK_NAME,
+    MODELS_NAME,
     TEMP_NAME,
     Directory,
     Unusable,
@@ -235,7 +236,7 @@ class DirectoryStore:
 def _odd(entry: os.DirEntry[str]) -> str | None:
     """Why a directory entry is not a document ('' for the store's own entries, None for a
     document's name)."""
-    if entry.name in (HISTORY_NAME, LOCK_NAME):
+    if entry.name in (HISTORY_NAME, LOCK_NAME, MODELS_NAME):  # device models: not copied yet
         return ""
     if TEMP_NAME.fullmatch(entry.name):
         return "a temp file of an interrupted write"

@@ -88,6 +88,12 @@ def parse_json(data: bytes) -> Any:
     return value
 
 
+def check_limits(data: bytes) -> None:
+    """InvalidJson when strict JSON bytes (dump_document's) hold more objects, arrays or
+    values, or nest deeper, than a request body may: the limits without a parse."""
+    _check_shape(data)
+
+
 def _check_shape(data: bytes) -> None:
     """At most MAX_CONTAINERS objects and arrays and MAX_VALUES values, nested at most
     MAX_DEPTH deep."""

@@ -103,8 +103,8 @@ class ConfigUnreadable(ApiError):
 class PreconditionFailed(ApiError):
     status, code = 412, "PRECONDITION_FAILED"
 
-    def __init__(self, mac: str, header: str) -> None:
-        super().__init__(f"Config {mac} does not match the {header} condition")
+    def __init__(self, mac: str, header: str, what: str = "Config") -> None:
+        super().__init__(f"{what} {mac} does not match the {header} condition")
 
 
 class InvalidModelCode(ApiError):
@@ -122,6 +122,15 @@ class ModelNotFound(ApiError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"Device model {model} was not found")
+
+
+class ModelUnreadable(ApiError):
+    """A device model's file (or row) that holds no usable model: not the service's JSON."""
+
+    status, code = 422, "RECORD_UNREADABLE"
+
+    def __init__(self, model: str, problem: str = "is not a readable device model") -> None:
+        super().__init__(f"Device model {model} exists but {problem}")
 
 
 class UnknownModel(ApiError):
@@ -192,6 +201,21 @@ class InvalidPatch(InvalidBody):
 
     def __init__(self, message: str, loc: list[str | int], kind: str = "value_error") -> None:
         super().__init__(message, {"errors": [{"loc": loc, "msg": message, "type": kind}]})
+
+
+class UnprocessablePatch(ApiError):
+    """A well-formed patch that cannot be carried out whatever the document, or whose result
+    would not be a config (RFC 5789 2.2: 422). What the OpenAPI schema of a patch cannot say."""
+
+    status, code = 422, "UNPROCESSABLE_PATCH"
+
+    def __init__(
+        self,
+        message: str = "The patched document would not be a JSON object, which a config is",
+        operation: int | None = None,
+    ) -> None:
+        details = {"operation": operation} if operation is not None else None
+        super().__init__(f"{message}; nothing was written", details)
 
 
 class PatchConflict(ApiError):
@@ -297,9 +321,9 @@ class WriteNotConfirmed(ApiError):
 
     status, code = 503, "WRITE_NOT_CONFIRMED"
 
-    def __init__(self, mac: str, change: str, etag: str | None) -> None:
+    def __init__(self, mac: str, change: str, etag: str | None, what: str = "Config") -> None:
         super().__init__(
-            f"Config {mac} was {change} and is visible, but the disk did not confirm that the "
+            f"{what} {mac} was {change} and is visible, but the disk did not confirm that the "
             "change is durable: a crash of the storage server may undo it",
             {"change": change, "etag": etag},
         )

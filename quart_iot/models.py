@@ -21,6 +21,9 @@ class ConfigSummary(BaseModel):
 
     mac_address: str = Field(examples=["aa-bb-cc-dd-ee-ff"])
     device_name: str | None
+    device_model: str | None = Field(
+        description="The document's top-level `deviceModel` (null when missing or not a string)"
+    )
     device_entity_id: str | None
     enable_ota: bool | None
 
@@ -130,6 +133,18 @@ class SavedHeaders(ETagHeader):
         alias="Config-Unchanged",
         description="Sent (`true`) only when the document held these very bytes already: "
         "nothing was written and no history version was kept",
+    )
+
+
+class RestoredHeaders(SavedHeaders):
+    """A restore's headers: as a save's, and whether the restored document meets its model."""
+
+    schema_violations: str = Field(
+        default="3",
+        alias="Schema-Violations",
+        description="Sent only when the restored document does not meet its device model "
+        "(restores are not refused by validation): the number of violations (at most 50 "
+        "counted), or `unknown-model` when it names a model that is not defined",
     )
 
 
@@ -296,17 +311,76 @@ class DeviceModelViolations(BaseModel):
     count: int
 
 
-class JsonPatchRequestOperation(BaseModel):
-    """One RFC 6902 operation of a PATCH body (members it does not define are ignored)."""
+# RFC 6901: "" (the whole document) or "/"-prefixed reference tokens, `~` escaped as ~0, ~1.
+POINTER = r"^(/([^/~]|~[01])*)*$"
+MEMBER = r"^(/([^/~]|~[01])*)+$"  # a pointer below the whole document
+
+
+def _pointer(description: str, pattern: str = POINTER) -> Any:
+    return Field(pattern=pattern, description=description, examples=["/mqtt/port"])
+
+
+class _Operation(BaseModel):
+    """An RFC 6902 operation (members it does not define are ignored)."""
+
+    path: str = _pointer("JSON Pointer (RFC 6901); array indexes have no leading zero")
+
+
+class AddOperation(_Operation):
+    """Add a value (or replace a member); `-` as the last token appends to an array."""
+
+    op: Literal["add"]
+    value: Any = Field(description="Any JSON value (null is a value)")
+
+
+class RemoveOperation(_Operation):
+    """Remove the value at `path` (never the whole document)."""
+
+    op: Literal["remove"]
+    path: str = _pointer("JSON Pointer (RFC 6901) of a member or element", MEMBER)
+
+
+class ReplaceOperation(_Operation):
+    """Replace the value at `path`, which must exist."""
+
+    op: Literal["replace"]
+    value: Any = Field(description="Any JSON value (null is a value)")
+
+
+class MoveOperation(_Operation):
+    """Move the value at `from` to `path` (not into one of its own members)."""
 
     model_config = ConfigDict(populate_by_name=True)
 
-    op: Literal["add", "remove", "replace", "move", "copy", "test"]
-    path: str = Field(description="JSON Pointer (RFC 6901); array indexes have no leading zero")
-    from_: str | None = Field(
-        default=None, alias="from", description="JSON Pointer: the source of move and copy"
-    )
-    value: Any = Field(default=None, description="For add, replace and test (null is a value)")
+    op: Literal["move"]
+    from_: str = Field(alias="from", pattern=MEMBER, description="JSON Pointer: the source")
+
+
+class CopyOperation(_Operation):
+    """Copy the value at `from` to `path`."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    op: Literal["copy"]
+    from_: str = Field(alias="from", pattern=POINTER, description="JSON Pointer: the source")
+
+
+class TestOperation(_Operation):
+    """Fail the whole patch (409) unless the value at `path` equals `value`."""
+
+    op: Literal["test"]
+    value: Any = Field(description="Compared as RFC 6902 4.6 says (1 equals 1.0)")
+
+
+JsonPatchRequestOperation = Annotated[
+    AddOperation
+    | RemoveOperation
+    | ReplaceOperation
+    | MoveOperation
+    | CopyOperation
+    | TestOperation,
+    Field(discriminator="op"),
+]
 
 
 class JsonPatchRequest(RootModel[list[JsonPatchRequestOperation]]):
@@ -315,6 +389,11 @@ class JsonPatchRequest(RootModel[list[JsonPatchRequestOperation]]):
 
 class MergePatchRequest(RootModel[dict[str, Any]]):
     """`application/merge-patch+json` (RFC 7396): members to set; null removes a member."""
+
+
+class ConfigPatch(RootModel[dict[str, Any] | list[JsonPatchRequestOperation]]):
+    """A PATCH body: a MergePatchRequest or a JsonPatchRequest, as its Content-Type says (the
+    OpenAPI document shows each under its media type)."""
 
 
 # -- fleet search and bulk changes (issue 21) --------------------------------------------------

@@ -132,7 +132,7 @@ class Notifications:
 
     def _written(self, written: Written) -> None:
         # A save whose bytes were unchanged is notified too: as before, every successful PUT.
-        if written.applied and written.action != "delete":
+        if written.saved_document:
             self.enqueue(written.mac)
 
     def enqueue(self, mac: str) -> None:

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from quart_iot.documents import (
+    MAX_CONTAINERS,
     MAX_DEPTH,
     MAX_VALUES,
     Document,
     InvalidJson,
+    check_limits,
     dump_document,
-    parse_document,
 )
-from quart_iot.errors import InvalidPatch, PatchConflict, UnsupportedPatchType
+from quart_iot.errors import InvalidPatch, PatchConflict, UnprocessablePatch, UnsupportedPatchType
 
 Operation = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -107,15 +108,69 @@ def patch_type(mimetype: str) -> str:
     return mimetype
 
 
-def apply_patch(document: Document, mimetype: str, patch: Any) -> Document:
+def check_patch(mimetype: str, patch: Any) -> None:
+    """A patch that no document can take is InvalidPatch (400) before any is read: a JSON
+    Patch that is not one, a merge patch that is not an object (it would replace the whole
+    document with what is not a config)."""
+    if patch_type(mimetype) == MERGE_PATCH:
+        if not isinstance(patch, dict):
+            raise InvalidPatch("A merge patch of a config is a JSON object", [])
+        return
+    if not isinstance(patch, list):
+        raise InvalidPatch("A JSON Patch is an array of operations", [])
+    for index, operation in enumerate(patch):
+        _step(index, operation)
+
+
+def apply_patch(
+    document: Document, mimetype: str, patch: Any, stored: bytes | None = None
+) -> Document:
     """The document a PATCH makes, checked as a PUT's body is: a JSON object within the limits
-    of quart_iot.documents (the size limit is the store's, as for a PUT)."""
+    of quart_iot.documents (the size limit is the store's, as for a PUT). It shares what the
+    patch did not touch with `document` (which is never changed); `stored` is `document`'s
+    stored form, when known (it makes the check of the limits cheap)."""
     merge = patch_type(mimetype) == MERGE_PATCH
     result = merge_patch(document, patch) if merge else json_patch(document, patch)
     if not isinstance(result, dict):
-        raise InvalidPatch("The patched document is not a JSON object, which a config is", [])
-    try:  # the stored form, read back as a PUT's body is read: the same limits, a fresh object
-        return parse_document(dump_document(result))
+        raise UnprocessablePatch
+    if stored is None or not _surely_within_limits(stored, merge, patch):
+        _check_limits(result)
+    return result
+
+
+def _surely_within_limits(stored: bytes, merge: bool, patch: Any) -> bool:
+    """Whether the result cannot break the limits, counted without rendering it: at most the
+    document's objects, arrays and values plus the patch's (each bracket and comma of the
+    stored bytes counted, inside strings too: more, never fewer). Depth needs no count: a
+    merge patch nests no deeper than the document or itself, and each JSON Patch operation
+    checks its own (`_check_depth`). A copy can multiply values: then the limits are checked."""
+    if not merge and any(isinstance(o, dict) and o.get("op") == "copy" for o in patch):
+        return False
+    containers = stored.count(b"{") + stored.count(b"[")
+    values = stored.count(b",") + containers + 1
+    patch_containers, patch_values = _tally(patch)
+    return containers + patch_containers <= MAX_CONTAINERS and values + patch_values <= MAX_VALUES
+
+
+def _tally(value: Any) -> tuple[int, int]:
+    """(objects and arrays, values) in a value, itself included."""
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, list):
+        return 0, 1
+    containers, values = 1, 1
+    for member in value:
+        inner_containers, inner_values = _tally(member)
+        containers += inner_containers
+        values += inner_values
+    return containers, values
+
+
+def _check_limits(result: Document) -> None:
+    """Within a PUT body's limits, on the stored form: every value came from a strict document
+    or a strict body, so the shape is all there is left to check."""
+    try:
+        check_limits(dump_document(result))
     except InvalidJson as error:
         raise InvalidPatch(f"The patched document is not within the limits: {error}", []) from None
 
@@ -188,9 +243,9 @@ def _step(index: int, operation: Any) -> _Step:
     path = _pointer(operation, index, "path")
     source = _pointer(operation, index, "from") if needs == "from" else ()
     if op == "move" and len(source) < len(path) and path[: len(source)] == source:
-        raise InvalidPatch("A value cannot be moved into one of its own members", [index, "from"])
+        raise UnprocessablePatch("A value cannot be moved into one of its own members", index)
     if op == "remove" and not path:
-        raise InvalidPatch("The whole document cannot be removed (DELETE does that)", [index])
+        raise UnprocessablePatch("The whole document cannot be removed (DELETE does that)", index)
     return _Step(index, op, path, source, operation.get("value"))
 
 

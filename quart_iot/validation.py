@@ -118,13 +118,19 @@ class SchemaCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def compiled(self, key: str, schema: Document) -> CompiledSchema:
-        """The schema compiled once per key; InvalidSchema (not kept) when it does not compile."""
+    def get(self, key: str) -> CompiledSchema | None:
+        """The schema compiled for key, if it is kept (cheap: no compilation)."""
         with self._lock:
             entry = self._entries.get(key)
-            if entry:
-                self._entries.move_to_end(key)
-                return entry[0]
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def compiled(self, key: str, schema: Document) -> CompiledSchema:
+        """The schema compiled once per key; InvalidSchema (not kept) when it does not compile."""
+        if (kept := self.get(key)) is not None:
+            return kept
         compiled = check_schema(schema)  # outside the lock: a large schema takes a while
         self._keep(key, compiled, len(dump_document(schema)))
         return compiled

@@ -17,6 +17,7 @@ async def test_get_returns_summary_and_content(client: Client, outside: Outside)
     assert body == {
         "mac_address": MAC,
         "device_name": "Hall",
+        "device_model": None,
         "device_entity_id": None,
         "enable_ota": False,
         "content": content,

@@ -29,24 +29,36 @@ async def test_lists_several_sorted_by_mac(client: Client, outside: Outside) -> 
 
 
 async def test_summary_fields_come_from_the_document(client: Client, outside: Outside) -> None:
-    content = {"deviceName": "Hall", "deviceEntityId": "light.hall", "enableOTA": True, "x": 1}
+    content = {
+        "deviceName": "Hall",
+        "deviceModel": "esp32_relay",
+        "deviceEntityId": "light.hall",
+        "enableOTA": True,
+        "x": 1,
+    }
     await outside.put(MAC, content)
     assert (await list_configs(client))["configs"] == [
         {
             "mac_address": MAC,
             "device_name": "Hall",
+            "device_model": "esp32_relay",
             "device_entity_id": "light.hall",
             "enable_ota": True,
         }
     ]
+    # The SPA's fields as they were, and the new one beside device_name.
+    assert b'"device_name":"Hall","device_model":"esp32_relay","device_entity_id"' in (
+        await (await client.get("/api/configs")).get_data()
+    )
 
 
 @pytest.mark.parametrize(
     "content",
     [
         {},
-        {"deviceName": 5, "deviceEntityId": ["x"], "enableOTA": "yes"},
-        {"deviceName": None, "deviceEntityId": {"a": 1}, "enableOTA": 1},
+        {"deviceName": 5, "deviceEntityId": ["x"], "enableOTA": "yes", "deviceModel": 1},
+        {"deviceName": None, "deviceEntityId": {"a": 1}, "enableOTA": 1, "deviceModel": None},
+        {"deviceModel": ["esp32"]},
     ],
 )
 async def test_missing_or_wrong_typed_summary_fields_are_null(
@@ -54,7 +66,13 @@ async def test_missing_or_wrong_typed_summary_fields_are_null(
 ) -> None:
     await outside.put(MAC, content)
     assert (await list_configs(client))["configs"] == [
-        {"mac_address": MAC, "device_name": None, "device_entity_id": None, "enable_ota": None}
+        {
+            "mac_address": MAC,
+            "device_name": None,
+            "device_model": None,
+            "device_entity_id": None,
+            "enable_ota": None,
+        }
     ]
 
 

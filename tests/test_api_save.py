@@ -21,6 +21,7 @@ async def test_save_creates_a_config(client: Client) -> None:
     assert body == {
         "mac_address": MAC,
         "device_name": "Kitchen",
+        "device_model": None,
         "device_entity_id": None,
         "enable_ota": True,
         "content": content,

@@ -257,6 +257,58 @@ async def test_search_needs_the_read_role_and_a_token_comes_before_the_filter(
     assert_refused(malformed, 401, "UNAUTHORIZED")
 
 
+async def test_device_models_are_read_with_the_read_role_and_written_with_the_write_role(
+    server: Server, tokens: dict[str, str]
+) -> None:
+    model = "/api/models/auth_model"
+    body = {"name": "Auth model", "configSchema": {"type": "object"}}
+    assert_refused(await call(server, "GET", "/api/models"), 401, "UNAUTHORIZED")
+    assert_refused(await call(server, "PUT", model, tokens["reader"], json=body), 403, "FORBIDDEN")
+    assert (await call(server, "PUT", model, tokens["writer"], json=body)).status_code == 200
+    for path in ("/api/models", model, f"{model}/violations"):
+        assert (await call(server, "GET", path, tokens["reader"])).status_code == 200, path
+        assert_refused(await call(server, "GET", path), 401, "UNAUTHORIZED")
+        for refused in ("norole", "device-a"):  # device tokens read no model
+            assert_refused(await call(server, "GET", path, tokens[refused]), 403, "FORBIDDEN")
+    for who in ("reader", "device-a"):
+        delete = await call(server, "DELETE", model, tokens[who])
+        assert_refused(delete, 403, "FORBIDDEN")
+    assert (await call(server, "DELETE", model, tokens["writer"])).status_code == 204
+    lines = server.stderr().splitlines()
+    audit = [line for line in lines if "audit: " in line and "/api/models/auth_model" in line]
+    assert [line.split("audit: ")[-1].split(" by ")[0] for line in audit] == [
+        "PUT /api/models/auth_model 403 forbidden",
+        "PUT /api/models/auth_model 200 allowed",
+        "DELETE /api/models/auth_model 403 forbidden",
+        "DELETE /api/models/auth_model 403 forbidden",
+        "DELETE /api/models/auth_model 204 allowed",
+    ]
+    assert "by sub:writer " in audit[1]
+
+
+async def test_a_patch_needs_the_write_role_and_is_audited_as_a_patch(
+    server: Server, tokens: dict[str, str]
+) -> None:
+    mac = "12-34-56-78-9a-bf"
+    put = await call(server, "PUT", f"/api/configs/{mac}", tokens["writer"],
+                     json={"content": {"deviceName": "a"}})  # fmt: skip
+    merge = {"Content-Type": "application/merge-patch+json"}
+    for who in ("reader", "device-a"):
+        refused = await call(server, "PATCH", f"/api/configs/{mac}", tokens[who],
+                             content=b'{"deviceName": "b"}', headers=merge)  # fmt: skip
+        assert_refused(refused, 403, "FORBIDDEN")
+    patched = await call(server, "PATCH", f"/api/configs/{mac}", tokens["writer"],
+                         content=b'{"deviceName": "b"}', headers=merge)  # fmt: skip
+    assert patched.status_code == 200
+    assert patched.json()["device_name"] == "b"
+    audit = [line for line in server.stderr().splitlines() if f"audit: PATCH {mac}" in line]
+    assert len(audit) == 3
+    assert "403 forbidden by sub:reader" in audit[0]
+    before, after = put.headers["ETag"], patched.headers["ETag"]
+    assert "200 allowed by sub:writer " in audit[2]
+    assert f"etag before {before}, after {after}" in audit[2]
+
+
 async def test_a_token_without_a_role_is_forbidden(server: Server, tokens: dict[str, str]) -> None:
     response = await call(server, "GET", "/api/configs", tokens["norole"])
     body = assert_refused(response, 403, "FORBIDDEN")
@@ -486,7 +538,7 @@ async def test_probes_metrics_and_docs_stay_open(server: Server) -> None:
     assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            protected = path.startswith("/api/configs")
+            protected = path.startswith(("/api/configs", "/api/models"))
             assert ("security" in operation) == protected, (method, path)
             if protected:
                 assert operation["security"] == [{"bearerAuth": []}]

@@ -22,8 +22,12 @@ CONFIG = schemathesis.Config.from_dict(
     {
         "checks": {
             # Valid data the API rightly refuses: a MAC with no config (404), a create-only
-            # save of one that exists (409), an If-Match that matches nothing (412).
-            "positive_data_acceptance": {"expected-statuses": ["2xx", "304", "404", "409", "412"]},
+            # save of one that exists (409), an If-Match that matches nothing (412), content
+            # naming a device model nobody defined, a schema that is no JSON Schema, a patch
+            # whose result is no object (422).
+            "positive_data_acceptance": {
+                "expected-statuses": ["2xx", "304", "404", "409", "412", "422"]
+            },
         },
         "generation": {"max-examples": MAX_EXAMPLES},
     }

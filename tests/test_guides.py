@@ -3,6 +3,7 @@
 The Kubernetes manifests, once a snippet here, are the kit's: tests/test_deploy_kubernetes.py.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -150,6 +151,10 @@ async def test_backup_and_restore_commands(
     write_config(source, OTHER_MAC, {"deviceName": "Gate"})
     (source / f".{MAC}.json.host-1-0123abcd.tmp").write_text('{"half')
     (source / ".quart_iot.lock").touch()
+    (source / ".models").mkdir()
+    model = {"name": "Relay", "configSchema": {"required": ["deviceName"]}}
+    (source / ".models" / "relay.json").write_text(json.dumps(model))
+    (source / ".models" / ".relay.json.host-1-0123abcd.tmp").write_text('{"half')
     backup = marked("backup").replace('"/backups/', f'"{tmp_path}/backups/')
     assert backup != marked("backup")
     # The restore runs into the directory the app is serving, as it would in production.
@@ -157,9 +162,14 @@ async def test_backup_and_restore_commands(
     run_snippets(script, ESP32_CONFIGS_DIR=str(source))
     (saved,) = (tmp_path / "backups" / "esp32-configs").iterdir()
     expected = sorted([f"{MAC}.json", f"{OTHER_MAC}.json"])
-    assert sorted(p.name for p in saved.iterdir()) == expected
-    assert sorted(p.name for p in configs_dir.iterdir()) == expected
-    for name in expected:
+    assert sorted(p.name for p in saved.iterdir()) == [*expected, "models"]
+    assert sorted(p.name for p in configs_dir.iterdir()) == [".models", *expected]
+    for name in [*expected, ".models/relay.json"]:
         assert (configs_dir / name).read_bytes() == (source / name).read_bytes()
+    assert [p.name for p in (configs_dir / ".models").iterdir()] == ["relay.json"]
     body = await (await client.get("/api/configs")).get_json()
     assert body["count"] == 2
+    models = await (await client.get("/api/models")).get_json()
+    assert [m["code"] for m in models["models"]] == ["relay"]
+    refused = await client.put(f"/api/configs/{MAC}", json={"content": {"deviceModel": "relay"}})
+    assert refused.status_code == 422  # the restored model is in force

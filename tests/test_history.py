@@ -217,7 +217,13 @@ async def test_the_list_is_unchanged_and_the_history_area_is_not_an_odd_entry(
         listing = await (await client.get("/api/configs")).get_json()
     assert listing == {
         "configs": [
-            {"mac_address": MAC, "device_name": "b", "device_entity_id": None, "enable_ota": None}
+            {
+                "mac_address": MAC,
+                "device_name": "b",
+                "device_model": None,
+                "device_entity_id": None,
+                "enable_ota": None,
+            }
         ],
         "count": 1,
     }

@@ -250,7 +250,7 @@ async def health(client: Client) -> tuple[int, Any]:
 # -- what is published, and what is not ----------------------------------------------------
 
 
-async def test_a_message_for_each_successful_save_and_none_for_failures_or_deletes(
+async def test_a_message_for_each_successful_save_or_patch_and_none_for_failures_or_deletes(
     make_settings: Callable[..., Settings], mosquitto: Mosquitto
 ) -> None:
     settings = make_settings(mqtt_url=mosquitto.url)
@@ -265,10 +265,18 @@ async def test_a_message_for_each_successful_save_and_none_for_failures_or_delet
         assert await put(client, MAC, headers={"If-Match": '"stale"'}) == 412
         assert (await client.delete(f"/api/configs/{OTHER_MAC}")).status_code == 204
         assert (await client.delete(f"/api/configs/{OTHER_MAC}")).status_code == 404
+        merge = {"Content-Type": "application/merge-patch+json"}
+        patched = await client.patch(f"/api/configs/{MAC}", data='{"v": 3}', headers=merge)
+        assert patched.status_code == 200
+        stale = {**merge, "If-Match": '"stale"'}
+        refused = await client.patch(f"/api/configs/{MAC}", data="{}", headers=stale)
+        assert refused.status_code == 412
+        model = {"name": "n", "configSchema": None}
+        assert (await client.put("/api/models/m", json=model)).status_code == 200  # not a device
         assert await put(client, SENTINEL) == 200
         # One publisher, QoS 1, in order: had a failure published anything, it would come
         # before the sentinel.
-        assert await receive(sub, 4) == expected(MAC, MAC, OTHER_MAC, SENTINEL)
+        assert await receive(sub, 5) == expected(MAC, MAC, OTHER_MAC, MAC, SENTINEL)
 
 
 async def test_a_save_the_storage_refuses_publishes_nothing(

@@ -1,3 +1,4 @@
+import json
 import re
 from typing import Any
 
@@ -37,6 +38,38 @@ async def test_openapi_documents_bodies_errors_and_etags(client: Client) -> None
     assert "204" in map(str, paths["/api/configs/{mac_address}"]["delete"]["responses"])
     device = paths["/api/configs/{mac_address}.json"]["get"]
     assert "ETag" in device["responses"]["200"]["headers"]
+
+
+async def test_openapi_documents_device_models_and_patch(client: Client) -> None:
+    document = await openapi(client)
+    paths = document["paths"]
+    patch = paths["/api/configs/{mac_address}"]["patch"]
+    assert set(patch["requestBody"]["content"]) == {
+        "application/merge-patch+json",
+        "application/json-patch+json",
+    }
+    assert patch["requestBody"]["required"] is True
+    expected = {"200", "400", "404", "409", "412", "413", "415", "422", "503"}
+    assert expected <= set(patch["responses"])
+    assert "ETag" in patch["responses"]["200"]["headers"]
+    assert "422" in paths["/api/configs/{mac_address}"]["put"]["responses"]
+    model = paths["/api/models/{code}"]
+    assert {"get", "put", "delete"} <= set(model)
+    assert model["put"]["requestBody"]["content"]["application/json"]["schema"]["required"] == [
+        "name",
+        "configSchema",
+    ]
+    assert {"200", "400", "412", "413", "415", "422", "503"} <= set(model["put"]["responses"])
+    assert {"204", "404", "409", "412"} <= set(model["delete"]["responses"])
+    code = next(p for p in model["get"]["parameters"] if p["name"] == "code")
+    assert code["schema"]["pattern"] == "^[a-z0-9_]{1,64}$"
+    violations = paths["/api/models/{code}/violations"]["get"]["responses"]["200"]
+    schema = violations["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == {"code", "checked", "devices", "count"}
+    assert "DeviceModelNonconforming" in json.dumps(schema)
+    assert "device_model" in document["components"]["schemas"]["ConfigSummary"]["properties"]
+    restore = paths["/api/configs/{mac_address}/history/{version}/restore"]["post"]
+    assert "Schema-Violations" in restore["responses"]["200"]["headers"]
 
 
 async def test_docs_page_loads_its_assets_locally(client: Client) -> None:

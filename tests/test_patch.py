@@ -4,12 +4,13 @@ from typing import Any
 
 import pytest
 
-from quart_iot.documents import MAX_DEPTH, MAX_VALUES
-from quart_iot.errors import InvalidPatch, PatchConflict, UnsupportedPatchType
+from quart_iot.documents import MAX_DEPTH, MAX_VALUES, dump_document
+from quart_iot.errors import InvalidPatch, PatchConflict, UnprocessablePatch, UnsupportedPatchType
 from quart_iot.patch import (
     JSON_PATCH,
     MERGE_PATCH,
     apply_patch,
+    check_patch,
     json_equal,
     json_patch,
     make_patch,
@@ -54,10 +55,12 @@ def test_a_merge_patch_must_leave_an_object(original: Any, patch: Any, result: A
     if isinstance(result, dict):
         assert apply_patch(original, MERGE_PATCH, patch) == result
     else:
-        with pytest.raises(InvalidPatch) as raised:
+        with pytest.raises(UnprocessablePatch) as raised:
             apply_patch(original, MERGE_PATCH, patch)
-        assert (raised.value.status, raised.value.code) == (400, "VALIDATION_FAILED")
-        assert "not a JSON object" in raised.value.message
+        assert (raised.value.status, raised.value.code) == (422, "UNPROCESSABLE_PATCH")
+        assert "not be a JSON object" in raised.value.message
+        with pytest.raises(InvalidPatch):  # through HTTP, refused before any document is read
+            check_patch(MERGE_PATCH, patch)
 
 
 def op(name: str, path: str, **members: Any) -> dict[str, Any]:
@@ -277,9 +280,6 @@ def test_paths_that_do_not_fit_the_document_are_conflicts(patch: Any, reason: st
         ([{"op": "move", "path": "/a"}], [0, "from"]),
         ([{"op": "copy", "path": "/a", "from": 1}], [0, "from"]),
         ([{"op": "copy", "path": "/a", "from": "a"}], [0, "from"]),
-        ([{"op": "move", "path": "/a/b", "from": "/a"}], [0, "from"]),
-        ([{"op": "move", "path": "/a/b/c", "from": ""}], [0, "from"]),
-        ([{"op": "remove", "path": ""}], [0]),
         # malformed after a conflict: the patch is refused as malformed, before any is tried
         ([op("test", "/a", value=2), {"op": "nope", "path": "/a"}], [1, "op"]),
     ],
@@ -290,6 +290,25 @@ def test_malformed_patches_are_400_before_anything_applies(patch: Any, loc: list
     assert (raised.value.status, raised.value.code) == (400, "VALIDATION_FAILED")
     assert raised.value.details is not None
     assert raised.value.details["errors"][0]["loc"] == loc
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        [{"op": "move", "path": "/a/b", "from": "/a"}],
+        [{"op": "move", "path": "/a/b/c", "from": ""}],
+        [op("test", "/a", value=2), {"op": "remove", "path": ""}],
+    ],
+)
+def test_well_formed_patches_no_document_takes_are_422_before_anything_applies(
+    patch: Any,
+) -> None:
+    with pytest.raises(UnprocessablePatch) as raised:
+        check_patch(JSON_PATCH, patch)
+    assert (raised.value.status, raised.value.code) == (422, "UNPROCESSABLE_PATCH")
+    assert raised.value.details == {"operation": len(patch) - 1}
+    with pytest.raises(UnprocessablePatch):
+        json_patch({"a": 1}, patch)  # not a conflict with the test, though it fails
 
 
 def test_null_is_a_value() -> None:
@@ -428,7 +447,25 @@ def test_the_patched_document_meets_a_puts_limits() -> None:
         apply_patch({}, JSON_PATCH, [op("add", "/a", value=[[] for _ in range(10_001)])])
     patched = apply_patch(document, MERGE_PATCH, {"b": [1]})
     assert patched["b"] == [1]
-    assert patched["a"] is not document["a"]
+    assert document == {"a": list(range(60_000))}  # unchanged; what the patch left is shared
+    assert patched["a"] is document["a"]
+
+
+def test_the_cheap_count_of_the_limits_never_lets_a_document_past_them() -> None:
+    # Brackets and commas inside strings are counted too: more, never fewer.
+    document = {"a": list(range(60_000)), "s": "[,{" * 10}
+    stored = dump_document(document)
+    with pytest.raises(InvalidPatch, match=f"more than {MAX_VALUES} values"):
+        apply_patch(document, MERGE_PATCH, {"b": list(range(60_000))}, stored)
+    with pytest.raises(InvalidPatch, match="more than 10000 objects and arrays"):
+        apply_patch({}, MERGE_PATCH, {"a": [[] for _ in range(10_001)]}, b"{}\n")
+    with pytest.raises(InvalidPatch, match=f"more than {MAX_VALUES} values"):  # a copy doubles
+        apply_patch(document, JSON_PATCH, [op("copy", "/b", from_="/a")], stored)
+    near = {"a": list(range(50_000))}  # not sure from the count: checked, and within
+    patched = apply_patch(near, MERGE_PATCH, {"b": list(range(49_990))}, dump_document(near))
+    assert len(patched["b"]) == 49_990
+    small = apply_patch(document, MERGE_PATCH, {"s": "x"}, stored)  # sure: nothing rendered
+    assert small == {**document, "s": "x"}
 
 
 @pytest.mark.parametrize(
@@ -436,7 +473,8 @@ def test_the_patched_document_meets_a_puts_limits() -> None:
     [[op("replace", "", value=[1])], [op("replace", "", value="x")], [op("move", "", from_="/a")]],
 )
 def test_a_json_patch_must_leave_an_object(patch: Any) -> None:
-    with pytest.raises(InvalidPatch, match="not a JSON object"):
+    check_patch(JSON_PATCH, patch)  # well-formed: its result is what is wrong
+    with pytest.raises(UnprocessablePatch, match="not be a JSON object"):
         apply_patch({"a": [1]}, JSON_PATCH, patch)
 
 

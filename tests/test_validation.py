@@ -26,7 +26,9 @@ from quart_iot.models import (
     DeviceModelSummary,
     DeviceModelViolation,
     JsonPatchRequest,
+    MoveOperation,
 )
+from quart_iot.patch import JSON_PATCH, check_patch
 from quart_iot.validation import (
     MAX_MESSAGE,
     MAX_VIOLATIONS,
@@ -443,5 +445,28 @@ def test_device_model_shapes_use_the_issues_names() -> None:
 
 def test_a_json_patch_body_documents_from() -> None:
     body = JsonPatchRequest.model_validate([{"op": "move", "from": "/a", "path": "/b"}])
-    assert body.root[0].from_ == "/a"
-    assert body.root[0].model_dump(by_alias=True)["from"] == "/a"
+    (move,) = body.root
+    assert isinstance(move, MoveOperation)
+    assert move.from_ == "/a"
+    assert move.model_dump(by_alias=True)["from"] == "/a"
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        {"op": "copy", "path": "", "from": None},  # copy and move need a source
+        {"op": "move", "path": "/b", "from": ""},  # the whole document into itself
+        {"op": "remove", "path": ""},
+        {"op": "add", "path": "/a"},  # no value (null would be one)
+        {"op": "add", "path": "a", "value": 1},  # not a pointer
+        {"op": "test", "path": "/~2", "value": 1},
+    ],
+)
+def test_the_documented_json_patch_schema_refuses_what_the_service_refuses(
+    operation: dict[str, Any],
+) -> None:
+    with pytest.raises(ValidationError):
+        JsonPatchRequest.model_validate([operation])
+    with pytest.raises(ApiError) as refused:
+        check_patch(JSON_PATCH, [operation])
+    assert refused.value.status in (400, 422)

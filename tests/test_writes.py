@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,24 +113,36 @@ async def test_a_restore_during_the_stop_is_503_shutting_down(app: Quart, client
     assert now.headers["ETag"] == f'"{current}"'
 
 
-async def test_no_write_route_skips_the_gate_of_the_stop(app: Quart, client: Client) -> None:
-    """Every route under /api/configs that is not a read is a store write: a new write route
-    that did not go through the store's write path would be let through here."""
+# A valid body for each write route (what else a route checks comes before the store).
+MERGE = {"data": b"{}", "headers": {"Content-Type": "application/merge-patch+json"}}
+WRITE_BODIES: dict[tuple[str, str], dict[str, Any]] = defaultdict(
+    lambda: {"json": {"content": {}}},
+    {
+        ("/api/configs/<mac_address>", "PATCH"): MERGE,
+        ("/api/models/<code>", "PUT"): {"json": {"name": "n", "configSchema": None}},
+    },
+)
+
+
+async def test_no_write_route_skips_the_stop_s_gate(app: Quart, client: Client) -> None:
+    """Every route under /api/configs and /api/models that is not a read is a store write: a
+    new write route that did not go through the store's write path would be let through here."""
     await put(client, {"deviceName": "a"})
-    values = {"mac_address": MAC, "version": (await history(client))[0]["version"]}
+    await client.put("/api/models/m", json={"name": "m", "configSchema": None})
+    values = {"mac_address": MAC, "version": (await history(client))[0]["version"], "code": "m"}
     heard = told(ConfigStore.of(app))
     await begin_the_stop(app)
     checked = []
     for rule in app.url_map.iter_rules():
         for method in sorted((rule.methods or set()) - READS):
-            if not rule.rule.startswith("/api/configs"):
+            if not rule.rule.startswith(("/api/configs", "/api/models")):
                 continue
             path = rule.rule.replace("<", "{").replace(">", "}").format(**values)
-            response = await client.open(path, method=method, json={"content": {}})
+            response = await client.open(path, method=method, **WRITE_BODIES[rule.rule, method])
             assert response.status_code == 503, (method, rule.rule, await response.get_data())
             assert (await response.get_json())["code"] == "SHUTTING_DOWN", (method, rule.rule)
             checked.append((method, rule.rule))
-    assert len(checked) >= 3  # PUT, DELETE, restore at least
+    assert len(checked) >= 6  # PUT, PATCH, DELETE, restore; a model's PUT and DELETE
     assert [(w.status, w.code, w.applied) for w in heard] == [(503, "SHUTTING_DOWN", False)] * len(
         checked
     )

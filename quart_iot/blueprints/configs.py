@@ -3,6 +3,7 @@
 from quart import Blueprint, Response, request
 from quart_schema import (
     document_headers,
+    document_request,
     document_response,
     tag_blueprint,
     validate_querystring,
@@ -17,6 +18,7 @@ from quart_iot.models import (
     ConfigDetail,
     ConfigList,
     ConfigListQuery,
+    ConfigPatch,
     ConfigSave,
     DeviceDocument,
     ETagHeader,
@@ -24,6 +26,7 @@ from quart_iot.models import (
     SavedHeaders,
 )
 from quart_iot.oidc import token_expiry, writer_subject
+from quart_iot.patch import JSON_PATCH, patch_type, reject_duplicate_members
 from quart_iot.store import Precondition, Saved, Search, StoredConfig, WriteMeta, current_store
 from quart_iot.waiting import current_waiting, event_stream_response
 
@@ -114,13 +117,33 @@ async def get_device_config(mac_address: str) -> Response:
 @validate_request(ConfigSave)
 @document_response(ConfigDetail, headers_model_class=SavedHeaders)
 @document_headers(ConditionalHeaders)
-@document_errors(400, 408, 409, 412, 413, 415, 503)
+@document_errors(400, 408, 409, 412, 413, 415, 422, 503)
 async def save_config(mac_address: str, data: ConfigSave) -> Response:
-    """Create or replace a device config (409 if it exists and allow_overwrite is false)."""
+    """Create or replace a device config (409 if it exists and allow_overwrite is false; 422
+    when it names a device model it does not meet)."""
     saved = await current_store().save(
         mac_address, data.content, precondition(data), WriteMeta(writer_subject())
     )
     return saved_response(saved)
+
+
+@blueprint.patch("/api/configs/<mac_address>")
+@document_request(ConfigPatch)
+@document_response(ConfigDetail, headers_model_class=SavedHeaders)
+@document_headers(ConditionalHeaders)
+@document_errors(400, 404, 408, 409, 412, 413, 415, 422, 503)
+async def patch_config(mac_address: str) -> Response:
+    """Change part of a device config: a JSON merge patch (RFC 7396) or a JSON Patch (RFC
+    6902), by Content-Type; the result is saved as a PUT saves it. Never creates (404)."""
+    mimetype = patch_type(request.mimetype)  # 415 with Accept-Patch before the body is read
+    patch = await request.get_json()
+    if mimetype == JSON_PATCH:
+        data = await request.get_data(as_text=False)
+        reject_duplicate_members(data.encode() if isinstance(data, str) else data)
+    meta = WriteMeta(writer_subject())
+    return saved_response(
+        await current_store().patch(mac_address, mimetype, patch, precondition(), meta)
+    )
 
 
 @blueprint.delete("/api/configs/<mac_address>")
@@ -154,6 +177,8 @@ def saved_response(saved: Saved) -> Response:
     response = detail_response(saved.stored)
     if saved.unchanged:
         response.headers["Config-Unchanged"] = "true"
+    if saved.schema_violations:  # a restore of a document that does not meet its model
+        response.headers["Schema-Violations"] = saved.schema_violations
     return response
 
 

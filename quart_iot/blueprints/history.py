@@ -20,7 +20,7 @@ from quart_iot.models import (
     HistoryList,
     HistoryQuery,
     JsonPatch,
-    SavedHeaders,
+    RestoredHeaders,
 )
 from quart_iot.oidc import writer_subject
 from quart_iot.store import WriteMeta, canonical_mac, current_store
@@ -72,11 +72,12 @@ async def diff_version(mac_address: str, version: str, query_args: DiffQuery) ->
 
 
 @blueprint.post(f"{VERSION}/restore")
-@document_response(ConfigDetail, headers_model_class=SavedHeaders)
+@document_response(ConfigDetail, headers_model_class=RestoredHeaders)
 @document_headers(ConditionalHeaders)
 @document_errors(400, 404, 412, 413, 422, 503)
 async def restore_version(mac_address: str, version: str) -> Response:
-    """Make this version current through the normal write path (If-Match honoured)."""
+    """Make this version current through the normal write path (If-Match honoured); never
+    refused by validation: `Schema-Violations` says when it does not meet its model."""
     meta = WriteMeta(writer_subject())
     saved = await current_store().restore(mac_address, version, precondition(), meta)
     return saved_response(saved)

@@ -19,7 +19,7 @@ from quart_schema import QuartSchema
 from quart_schema.openapi import HttpSecurityScheme, OpenAPIProvider
 from werkzeug.routing import Rule
 
-from quart_iot.oidc.policy import EVENTS_ENDPOINT, PROTECTED
+from quart_iot.oidc.policy import EVENTS_ENDPOINT, is_protected
 
 SCHEME = "bearerAuth"
 EXTENSION_KEY = "QUART_SCHEMA"  # where quart-schema's init_app puts itself
@@ -34,7 +34,8 @@ TICKET_PARAMETER = {
 
 
 def document_bearer(app: Quart) -> None:
-    """The OpenAPI document declares the bearer scheme (and 401/403) on every config route."""
+    """The OpenAPI document declares the bearer scheme (and 401/403) on every protected
+    route (configs and device models)."""
     schema = app.extensions[EXTENSION_KEY]
     assert isinstance(schema, QuartSchema)
     schema.security_schemes = {
@@ -46,7 +47,7 @@ def document_bearer(app: Quart) -> None:
     class SecuredProvider(base):  # type: ignore[valid-type,misc]  # the app's own provider
         def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
             paths, components = super().build_paths(rule)
-            if rule.rule.startswith(PROTECTED):
+            if is_protected(rule.rule):
                 for operations in paths.values():
                     for operation in operations.values():
                         secure(operation, rule.endpoint == EVENTS_ENDPOINT)

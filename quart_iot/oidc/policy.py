@@ -8,6 +8,7 @@ from quart import Request
 from quart_iot.settings import Settings
 
 PROTECTED = "/api/configs"  # every path under it needs a bearer token (or a stream ticket)
+MODELS = "/api/models"  # device models: the same roles, and no device reads them
 READ_METHODS = frozenset({"GET", "HEAD"})
 DEVICE_ENDPOINT = "configs.get_device_config"
 EVENTS_ENDPOINT = "configs.config_events"
@@ -18,7 +19,7 @@ RIGHTS = frozenset({"reader", "writer", "device"})
 
 
 def is_protected(path: str) -> bool:
-    return path == PROTECTED or path.startswith(PROTECTED + "/")
+    return any(path == top or path.startswith(top + "/") for top in (PROTECTED, MODELS))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from quart_iot.documents import Document
 from quart_iot.errors import WriteNotConfirmed
 from quart_iot.models import StorageState
+from quart_iot.store.devicemodels import ModelEntry, StoredModel
 from quart_iot.store.records import Precondition, StoredConfig
 from quart_iot.store.search import Search
 
@@ -37,6 +38,9 @@ class Saved:
     etag_before: str | None  # decided with the write (under its lock or in its transaction)
     version: str | None  # the history version this save made (None: history off, unchanged)
     unchanged: bool = False  # the stored bytes equal the current ones: nothing new was kept
+    # A restore (never refused by validation) of content that does not meet its model: the
+    # number of violations (at most 50), or "unknown-model" (the Schema-Violations header).
+    schema_violations: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +52,37 @@ class Deleted:
     version: str | None  # the `deleted` history version (None: history off)
 
 
+@dataclass(frozen=True, slots=True)
+class SavedModel:
+    """The outcome of a device model's save."""
+
+    stored: StoredModel
+    etag_before: str | None  # decided with the write
+    devices: int  # documents naming the model, counted with the write
+    unchanged: bool = False  # the very bytes it held: nothing was written
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedModel:
+    """The outcome of a device model's delete."""
+
+    code: str
+    etag_before: str
+
+
 class Unconfirmed(WriteNotConfirmed):
     """A write that happened and is visible, whose durability the storage did not confirm
     (503 WRITE_NOT_CONFIRMED): its listeners hear of it as a write that took effect."""
 
-    def __init__(self, outcome: Saved | Deleted) -> None:
+    def __init__(self, outcome: "Saved | Deleted | SavedModel | DeletedModel") -> None:
         if isinstance(outcome, Saved):
             super().__init__(outcome.stored.mac, "saved", outcome.stored.etag)
-        else:
+        elif isinstance(outcome, Deleted):
             super().__init__(outcome.mac, "deleted", None)
+        elif isinstance(outcome, SavedModel):
+            super().__init__(outcome.stored.code, "saved", outcome.stored.etag, "Device model")
+        else:
+            super().__init__(outcome.code, "deleted", None, "Device model")
         self.outcome = outcome
 
 
@@ -163,3 +189,24 @@ class Backend(Protocol):
     async def changes_after(self, change_id: str) -> list[Change] | None:
         """The changes after `change_id`, oldest first, when the backend still knows them all;
         None when it cannot tell (too old, another epoch): the event stream sends `reset`."""
+
+    # -- device models (issue 20) --------------------------------------------------------------
+    # Codes arrive checked. A save of a document whose Precondition names a model (code, ETag)
+    # is decided only while that model is still that version (else ModelChanged; UnknownModel
+    # once it is gone), and the model cannot be deleted before that save is decided.
+
+    async def models(self, code: str | None = None) -> list[ModelEntry]:
+        """Every device model (or only `code`), sorted by code, with the documents naming it."""
+
+    async def model(self, code: str) -> StoredModel:
+        """One model as stored now, cheaply (ModelNotFound): every validated write reads it."""
+
+    async def save_model(self, model: StoredModel, precondition: Precondition) -> SavedModel:
+        """Create or replace a model atomically and durably, its condition decided inside the
+        write (as for documents)."""
+
+    async def delete_model(self, code: str, precondition: Precondition) -> DeletedModel:
+        """Remove a model, unless documents name it (ModelInUse, counted inside the write)."""
+
+    async def documents_of(self, code: str) -> list[StoredConfig]:
+        """Every usable document naming the model, sorted by MAC."""

@@ -8,40 +8,64 @@ listeners how it ended (the audit line, MQTT, the other workers' wake-ups).
 """
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import anyio.to_thread
 from quart import Quart, current_app, g, has_request_context
+from werkzeug.datastructures import ETags
 
 from quart_iot.documents import Document
-from quart_iot.errors import ApiError, ShuttingDown, WriteOutlived
+from quart_iot.errors import (
+    ApiError,
+    ConfigNotFound,
+    ModelNotFound,
+    PreconditionFailed,
+    ShuttingDown,
+    StorageUnavailable,
+    WriteOutlived,
+)
+from quart_iot.jsonrequest import PARSE_INLINE_BYTES
 from quart_iot.models import HISTORY_PAGE, HISTORY_PAGE_MAX, StorageState
-from quart_iot.patch import Operation, make_patch
+from quart_iot.patch import Operation, apply_patch, check_patch, make_patch
 from quart_iot.settings import Settings
 from quart_iot.store.backend import (
     Backend,
     Change,
     ChangeSink,
     Deleted,
+    DeletedModel,
     Saved,
+    SavedModel,
     StartRefused,
     StorageStats,
     Unconfirmed,
     WriteMeta,
 )
+from quart_iot.store.conformance import Conformance, ModelReport
+from quart_iot.store.devicemodels import ModelChanged, ModelEntry, StoredModel
 from quart_iot.store.directory.backend import DirectoryBackend
 from quart_iot.store.events import WriteAction, Written
 from quart_iot.store.records import Precondition, StoredConfig, canonical_mac, check_version
 from quart_iot.store.search import Search
+from quart_iot.validation import model_code
 
 log = logging.getLogger(__name__)
 
-Outcome = TypeVar("Outcome", Saved, Deleted)
+Outcome = TypeVar("Outcome", Saved, Deleted, SavedModel, DeletedModel)
 
 WRITE_END_SECONDS = 30.0  # at the end of the stop, how long writes still running are awaited
 ANYONE = WriteMeta()
+# A validated save whose model changed before the save was decided is validated again, at
+# most this often (a model is rarely written twice a second).
+MODEL_ATTEMPTS = 5
+# A PATCH whose document changed before it was saved is applied again to the newer one. Each
+# time it loses, another writer's write landed: with at most this many writers of one device
+# at once, every PATCH lands.
+PATCH_ATTEMPTS = 10
 
 
 class ConfigStore:
@@ -56,6 +80,7 @@ class ConfigStore:
         # Hear every change the store sees, whoever made it (the waiting extension).
         self.change_sinks: list[ChangeSink] = []
         self.refusing_since: float | None = None  # monotonic time the stop began
+        self.conformance = Conformance(backend)
         self._writes: set[asyncio.Task[Any]] = set()  # writes in flight
         self._gave_up: asyncio.Future[None] | None = None  # done: the stop stops waiting
         self.start_refused: str | None = None  # why the store would not start (one line)
@@ -149,11 +174,68 @@ class ConfigStore:
         precondition: Precondition | None = None,
         meta: WriteMeta = ANYONE,
     ) -> Saved:
-        """Create or replace a document, atomically and durably."""
+        """Create or replace a document, atomically and durably, once it meets its model."""
         mac, condition = canonical_mac(mac), precondition or Precondition()
         return await self._write(
-            "save", mac, meta, lambda: self.backend.save(mac, content, condition, meta)
+            "save", mac, meta, lambda: self._save_conforming(mac, content, condition, meta)
         )
+
+    async def patch(
+        self,
+        mac: str,
+        mimetype: str,
+        patch: Any,
+        precondition: Precondition | None = None,
+        meta: WriteMeta = ANYONE,
+    ) -> Saved:
+        """Apply a merge patch or a JSON Patch to a document and save the result as a PUT is
+        saved; never creates. Saved only while the document is still the one patched: else
+        applied again to the newer one (a PATCH never undoes a write it did not see)."""
+        mac, condition = canonical_mac(mac), precondition or Precondition()
+        check_patch(mimetype, patch)  # 400 before the document is read (404) or written
+
+        async def patching() -> Saved:
+            for _ in range(PATCH_ATTEMPTS):
+                current = await self._patched_document(mac, condition)
+                content = await _patched(current, mimetype, patch)
+                pinned = Precondition(if_match=ETags([current.etag]))
+                try:
+                    return await self._save_conforming(mac, content, pinned, meta)
+                except PreconditionFailed:
+                    continue  # written meanwhile (or deleted: the next read says 404)
+            raise StorageUnavailable("the document kept changing under the PATCH; retry")
+
+        return await self._write("patch", mac, meta, patching)
+
+    async def _patched_document(self, mac: str, condition: Precondition) -> StoredConfig:
+        """The document a PATCH applies to, meeting the client's conditions (412)."""
+        try:
+            current = await self.backend.get(mac)
+        except ConfigNotFound:
+            if condition.if_match:  # as PUT and DELETE answer If-Match on nothing
+                raise PreconditionFailed(mac, "If-Match") from None
+            raise
+        check_condition(mac, condition, current.etag)
+        return current
+
+    async def check_content(self, content: Document) -> None:
+        """Nothing when content may be written; UnknownModel or SchemaViolation (422) when
+        it names a model nobody defined, or breaks its model's schema (for dry runs)."""
+        await self.conformance.conform(content)
+
+    async def _save_conforming(
+        self, mac: str, content: Document, condition: Precondition, meta: WriteMeta
+    ) -> Saved:
+        """Validated, then saved on the condition that the model it was validated against is
+        still that version when the save is decided (else validated again)."""
+        for _ in range(MODEL_ATTEMPTS):
+            model = await self.conformance.conform(content)
+            pinned = dataclasses.replace(condition, model=model)
+            try:
+                return await self.backend.save(mac, content, pinned, meta)
+            except ModelChanged:
+                continue
+        raise StorageUnavailable("the device model kept changing under the write; retry")
 
     async def delete(
         self, mac: str, precondition: Precondition | None = None, meta: WriteMeta = ANYONE
@@ -176,8 +258,12 @@ class ConfigStore:
         condition = precondition or Precondition()
 
         async def restoring() -> Saved:
-            stored = await self.backend.version(mac, version)
-            return await self.backend.save(mac, stored.content, condition, meta)
+            content = (await self.backend.version(mac, version)).content
+            # Never refused by validation (an old version may predate its model's schema):
+            # reported in the answer instead.
+            report = await self.conformance.report(content)
+            saved = await self.backend.save(mac, content, condition, meta)
+            return dataclasses.replace(saved, schema_violations=report) if report else saved
 
         return await self._write("restore", mac, meta, restoring)
 
@@ -241,6 +327,51 @@ class ConfigStore:
             except Exception:  # one listener's fault must not cost the others their event
                 log.exception("a write listener failed")
 
+    # -- device models -----------------------------------------------------------------------
+
+    async def models(self) -> list[ModelEntry]:
+        """Every device model, by code, with the documents naming it."""
+        return await self.backend.models()
+
+    async def model(self, code: str) -> ModelEntry:
+        """One device model, with the documents naming it (ModelNotFound)."""
+        code = model_code(code)
+        found = await self.backend.models(code)
+        if not found:
+            raise ModelNotFound(code)
+        return found[0]
+
+    async def save_model(
+        self,
+        code: str,
+        name: str,
+        schema: Document | None,
+        precondition: Precondition | None = None,
+        meta: WriteMeta = ANYONE,
+    ) -> SavedModel:
+        """Create or replace a device model, once its schema is a valid JSON Schema."""
+        code, condition = model_code(code), precondition or Precondition()
+
+        async def saving() -> SavedModel:
+            model = StoredModel.of_content(code, name, schema)
+            await self.conformance.check_schema(model)
+            return await self.backend.save_model(model, condition)
+
+        return await self._write("save_model", code, meta, saving)
+
+    async def delete_model(
+        self, code: str, precondition: Precondition | None = None, meta: WriteMeta = ANYONE
+    ) -> DeletedModel:
+        """Remove a device model that no document names (ModelInUse otherwise)."""
+        code, condition = model_code(code), precondition or Precondition()
+        return await self._write(
+            "delete_model", code, meta, lambda: self.backend.delete_model(code, condition)
+        )
+
+    async def model_report(self, code: str) -> ModelReport:
+        """The documents naming a model that do not meet its schema as it is now."""
+        return await self.conformance.model_report(model_code(code))
+
     # -- the stop --------------------------------------------------------------------------
 
     @property
@@ -300,6 +431,24 @@ class ConfigStore:
 def _no_refusal_traceback(record: logging.LogRecord) -> bool:
     """Quart logs a failed start with its traceback; a refusal was said in one line."""
     return not (record.exc_info and isinstance(record.exc_info[1], StartRefused))
+
+
+def check_condition(mac: str, precondition: Precondition, current: str) -> None:
+    """If-Match and If-None-Match against an existing document's ETag (412)."""
+    if_match, if_none_match = precondition.if_match, precondition.if_none_match
+    if if_match and not (if_match.star_tag or if_match.contains(current)):
+        raise PreconditionFailed(mac, "If-Match")
+    if if_none_match and if_none_match.contains_weak(current):
+        raise PreconditionFailed(mac, "If-None-Match")
+
+
+async def _patched(current: StoredConfig, mimetype: str, patch: Any) -> Document:
+    """The document a patch makes of `current` (in a worker thread when it is large)."""
+    if len(current.raw) <= PARSE_INLINE_BYTES:
+        return apply_patch(current.content, mimetype, patch, current.raw)
+    return await anyio.to_thread.run_sync(
+        lambda: apply_patch(current.content, mimetype, patch, current.raw)
+    )
 
 
 def current_store() -> ConfigStore:

@@ -38,11 +38,14 @@ class StoredConfig:
     raw: bytes
     summary_json: bytes
     etag: str
+    # The document, when whoever read the bytes parsed them anyway (a PATCH then parses a
+    # 20 KB document once, not twice). Never changed by those who read it.
+    parsed: Document | None = field(default=None, compare=False, repr=False)
 
     @property
     def content(self) -> Document:
         """The parsed document (parsed on demand: serving it needs only its bytes)."""
-        return parse_document(self.raw)
+        return self.parsed if self.parsed is not None else parse_document(self.raw)
 
     def detail_json(self) -> bytes:
         """The Detail body: the summary and the document, as stored when that is UTF-8 JSON."""
@@ -53,8 +56,8 @@ class StoredConfig:
 
     @classmethod
     def of_bytes(cls, mac: str, raw: bytes, content: Document) -> "StoredConfig":
-        """A document from its stored bytes and their parsed content."""
-        return cls(mac, raw, summary_json(mac, content), etag_of(raw))
+        """A document from its stored bytes and their parsed content (kept)."""
+        return cls(mac, raw, summary_json(mac, content), etag_of(raw), content)
 
 
 def to_store(mac: str, content: Document, max_bytes: int) -> StoredConfig:
@@ -63,15 +66,17 @@ def to_store(mac: str, content: Document, max_bytes: int) -> StoredConfig:
     raw = dump_document(content)
     if len(raw) > max_bytes:
         raise DocumentTooLarge(len(raw), max_bytes)
-    return StoredConfig.of_bytes(mac, raw, content)
+    return StoredConfig(mac, raw, summary_json(mac, content), etag_of(raw))  # not the caller's
 
 
 def summary_json(mac: str, content: Document) -> bytes:
     """The list item of a document, rendered once per version of it."""
     name, entity, ota = summary_fields(content)
+    model = content.get("deviceModel")
     summary = {
         "mac_address": mac,
         "device_name": name,
+        "device_model": model if isinstance(model, str) else None,  # as it is, even no code
         "device_entity_id": entity,
         "enable_ota": ota,
     }
@@ -80,11 +85,15 @@ def summary_json(mac: str, content: Document) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Precondition:
-    """What a write requires of the current document (from allow_overwrite and If-* headers)."""
+    """What a write requires of the current document (from allow_overwrite and If-* headers),
+    and of the device model its content was validated against."""
 
     overwrite: bool = True
     if_match: ETags = field(default_factory=ETags)
     if_none_match: ETags = field(default_factory=ETags)
+    # (code, ETag): the model version the content conforms to, which must still be current
+    # when the write is decided (else ModelChanged, or UnknownModel once it is gone).
+    model: tuple[str, str] | None = None
 
     @property
     def create_only(self) -> bool:

@@ -19,18 +19,29 @@ from typing import Any, ParamSpec, TypeVar
 import anyio.to_thread
 
 from quart_iot.documents import Document
-from quart_iot.errors import StorageUnavailable
+from quart_iot.errors import ApiError, StorageUnavailable
 from quart_iot.models import StorageState
 from quart_iot.settings import Settings
 from quart_iot.storagetime import timed
-from quart_iot.store.backend import Change, ChangeSink, Deleted, Saved, StorageStats, WriteMeta
+from quart_iot.store.backend import (
+    Change,
+    ChangeSink,
+    Deleted,
+    DeletedModel,
+    Saved,
+    SavedModel,
+    StorageStats,
+    WriteMeta,
+)
+from quart_iot.store.devicemodels import ModelEntry, StoredModel
 from quart_iot.store.directory.batches import BatchedThreads
 from quart_iot.store.directory.catalogue import Catalogue
 from quart_iot.store.directory.files import Directory
 from quart_iot.store.directory.history import History
 from quart_iot.store.directory.index import Index
 from quart_iot.store.directory.lock import WriteLock
-from quart_iot.store.directory.outage import storage_errors
+from quart_iot.store.directory.models import ModelFiles
+from quart_iot.store.directory.outage import Outage, storage_errors
 from quart_iot.store.directory.retention import Retention
 from quart_iot.store.directory.search import DirectorySearches
 from quart_iot.store.directory.sweeper import Sweeper
@@ -88,10 +99,16 @@ class DirectoryBackend:
         self.history = History(shelves, self.retention)
         self.catalogue = Catalogue(shelves)
         self.searches = DirectorySearches(self.directory, self.index)
-        self.writer = Writer(self.directory, self.lock, self.index, self.history)
+        self.model_files = ModelFiles(
+            self.directory, self.lock, self._devices, Outage("model writes")
+        )
+        self.writer = Writer(
+            self.directory, self.lock, self.index, self.history, self.model_files.require
+        )
         self.sweeper = Sweeper(
             self.directory, self.index, self.retention, self.lock, self.writer.outage
         )
+        self.sweeper.temp_sweeps.append(self.model_files.remove_stale_temps)
         # Change ids: `<process epoch>-<sequence>`, unique to this process (the event stream
         # resets a client whose id is from another).
         self.epoch = secrets.token_hex(4)
@@ -194,6 +211,49 @@ class DirectoryBackend:
     async def changes_after(self, change_id: str) -> list[Change] | None:
         """None: the directory keeps no changes (the waiting extension's buffer does)."""
         return None
+
+    # -- device models -----------------------------------------------------------------------
+
+    async def models(self, code: str | None = None) -> list[ModelEntry]:
+        return await _read(self._model_read, self._models, code)
+
+    async def model(self, code: str) -> StoredModel:
+        return await _read(self._model_read, self.model_files.read, code)
+
+    async def save_model(self, model: StoredModel, precondition: Precondition) -> SavedModel:
+        deadline = time.monotonic() + self.lock.timeout
+        return await _writes.submit(
+            timed(partial(self.model_files.save, model, precondition, deadline))
+        )
+
+    async def delete_model(self, code: str, precondition: Precondition) -> DeletedModel:
+        deadline = time.monotonic() + self.lock.timeout
+        return await _writes.submit(
+            timed(partial(self.model_files.delete, code, precondition, deadline))
+        )
+
+    async def documents_of(self, code: str) -> list[StoredConfig]:
+        return await _run(self._model_read, self._documents_of, code)
+
+    def _model_read(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        with storage_errors("read of the device models", self.index.outage):
+            return func(*args, **kwargs)
+
+    def _models(self, code: str | None) -> list[ModelEntry]:
+        models = self.model_files.listing() if code is None else [self.model_files.read(code)]
+        counts = self.index.model_counts(time.monotonic_ns())
+        return [ModelEntry(model, counts[model.code]) for model in models]
+
+    def _devices(self, code: str) -> int:
+        """Documents naming the model now (under the write lock: every write is seen)."""
+        return self.index.model_counts(time.monotonic_ns())[code]
+
+    def _documents_of(self, code: str) -> list[StoredConfig]:
+        documents = []
+        for mac in self.index.named(code, time.monotonic_ns()):
+            with contextlib.suppress(ApiError):  # deleted or spoilt meanwhile: not one of them
+                documents.append(self.index.get(mac))
+        return documents
 
     def _saw_change(self, name: str, etag: str | None) -> None:
         """The index saw a document change (called from any thread): told on the loop."""

@@ -24,6 +24,7 @@ CONFIG_NAME = re.compile(r"[0-9a-f]{2}(?:-[0-9a-f]{2}){5}\.json")
 TEMP_NAME = re.compile(r"\.[0-9a-f-]{17}\.json\.(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp")
 LOCK_NAME = ".quart_iot.lock"
 HISTORY_NAME = ".history"  # every version of every document (versions.py)
+MODELS_NAME = ".models"  # one `<code>.json` per device model (models.py)
 STALE_TEMP_SECONDS = 300
 
 _UNUSABLE_ERRNOS = {errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENXIO, errno.EISDIR}
@@ -55,9 +56,10 @@ class Unusable(Exception):
 class Directory:
     """The configs directory, and the largest file it reads or writes."""
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, temp_name: re.Pattern[str] = TEMP_NAME) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.temp_name = temp_name  # what this directory's temp files are named (the sweep's)
         self._owner = f"{socket.gethostname()}-{os.getpid()}"
         self.writing: set[str] = set()  # this process's temp files being written
 
@@ -163,7 +165,7 @@ class Directory:
         host, now = socket.gethostname(), time.time()
         with os.scandir(self.path) as entries:
             for item in entries:
-                match = TEMP_NAME.fullmatch(item.name)
+                match = self.temp_name.fullmatch(item.name)
                 if match and item.name not in self.writing and _is_stale(match, item, host, now):
                     log.info("removing %r left by an interrupted write", item.name)
                     unlink_quietly(Path(item.path))

@@ -13,23 +13,25 @@ import os
 import stat
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from quart_iot.documents import InvalidJson, etag_of, parse_document
 from quart_iot.errors import ConfigNotFound, ConfigUnreadable, StorageUnavailable
+from quart_iot.store.devicemodels import model_named
 from quart_iot.store.directory.files import (
     CONFIG_NAME,
     HISTORY_NAME,
     LOCK_NAME,
+    MODELS_NAME,
     TEMP_NAME,
     Directory,
     Signature,
     Unusable,
 )
 from quart_iot.store.directory.outage import Outage, storage_errors
-from quart_iot.store.records import StoredConfig, summary_json
+from quart_iot.store.records import StoredConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,12 @@ class Entry:
     summary_json: bytes | None  # None: not a usable config
     etag: str | None
     problem: str | None = None
+    model: str | None = None  # the device model the document names
 
     @classmethod
     def of(cls, doc: StoredConfig, signature: Signature, read_at: int, racy: bool) -> "Entry":
-        return cls(signature, read_at, racy, doc.summary_json, doc.etag)
+        model = model_named(doc.summary_json)
+        return cls(signature, read_at, racy, doc.summary_json, doc.etag, model=model)
 
 
 class Index:
@@ -78,6 +82,7 @@ class Index:
         self._count = 0
         self._generation = 0  # ETag changes seen (a name coming, going or changing)
         self._changes: deque[str] = deque(maxlen=CHANGES_KEPT)  # the names of the last ones
+        self._models: Counter[str] = Counter()  # documents per device model, with the body
 
     # -- the list ------------------------------------------------------------------------
 
@@ -86,9 +91,29 @@ class Index:
         with self._scan_lock:
             self._check_since(arrived)
             with self._lock:
-                if self._body is None:
-                    self._body, self._count = self._render()
-                return self._body, self._count
+                return self._rendered()
+
+    def model_counts(self, arrived: int) -> Counter[str]:
+        """Documents per device model, as the directory was at some moment after `arrived`."""
+        with self._scan_lock:
+            self._check_since(arrived)
+            with self._lock:
+                self._rendered()
+                return self._models
+
+    def named(self, model: str, arrived: int) -> list[str]:
+        """The MACs of the documents naming `model`, sorted, as of a moment after `arrived`."""
+        with self._scan_lock:
+            self._check_since(arrived)
+            with self._lock:
+                return sorted(name[:-5] for name, e in self._entries.items() if e.model == model)
+
+    def _rendered(self) -> tuple[bytes, int]:
+        """The list body and count, rendered again when an entry changed (holding _lock)."""
+        if self._body is None:
+            self._body, self._count = self._render()
+            self._models = Counter(e.model for e in self._entries.values() if e.model)
+        return self._body, self._count
 
     def _check_since(self, arrived: int) -> bool:
         """Whether the directory had to be rescanned (every name looked at again)."""
@@ -153,9 +178,11 @@ class Index:
                         if self._stale(item.name, item.stat(follow_symlinks=False)):
                             stale.append(item.name)
                         seen.add(item.name)
-                elif item.name not in (LOCK_NAME, HISTORY_NAME) and not TEMP_NAME.fullmatch(
-                    item.name
-                ):
+                elif item.name not in (
+                    LOCK_NAME,
+                    HISTORY_NAME,
+                    MODELS_NAME,
+                ) and not TEMP_NAME.fullmatch(item.name):
                     ignored[item.name] = item.inode()
         return seen, stale, ignored
 
@@ -259,7 +286,7 @@ class Index:
         except InvalidJson as error:
             self.remember(name, Entry(signature, read_at, racy, None, None, str(error)))
             return None
-        document = StoredConfig(name[:-5], data, summary_json(name[:-5], content), etag_of(data))
+        document = StoredConfig.of_bytes(name[:-5], data, content)
         self.remember(name, Entry.of(document, signature, read_at, racy))
         return document
 

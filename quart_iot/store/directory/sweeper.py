@@ -49,6 +49,7 @@ class Sweeper:
         self.lock = lock
         self.write_outage = write_outage
         self._tasks: list[asyncio.Task[None]] = []
+        self.temp_sweeps: list[Callable[[], None]] = []  # other directories' temp files
 
     async def start(self) -> None:
         with contextlib.suppress(StorageUnavailable):  # logged; health reports it
@@ -119,6 +120,8 @@ class Sweeper:
     def remove_stale_temps(self) -> None:
         with storage_errors("clean-up of temp files", self.write_outage):
             self.directory.remove_stale_temps()
+            for sweep in self.temp_sweeps:
+                sweep()
 
 
 async def _run(func: Callable[[], None]) -> None:

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import os
 import stat
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -30,12 +31,20 @@ class Writer:
     """Saves and deletes (blocking; run in the store's write threads)."""
 
     def __init__(
-        self, directory: Directory, lock: WriteLock, index: Index, history: History
+        self,
+        directory: Directory,
+        lock: WriteLock,
+        index: Index,
+        history: History,
+        require_model: Callable[[str, str], None] | None = None,
     ) -> None:
         self.directory = directory
         self.lock = lock
         self.index = index
         self.history = history
+        # Decides, under the lock, that a model version a save was validated against is still
+        # current (ModelChanged, UnknownModel): ModelFiles.require.
+        self.require_model = require_model
         self.outage = Outage("writes")
         self.sync_fault: str | None = None  # a directory fsync failed after a change
 
@@ -168,6 +177,8 @@ class Writer:
             raise PreconditionFailed(mac, "If-Match")
         if if_none_match and current and if_none_match.contains_weak(current):
             raise PreconditionFailed(mac, "If-None-Match")
+        if precondition.model is not None and self.require_model is not None:
+            self.require_model(*precondition.model)
         return current
 
     def _etag_under_lock(self, name: str) -> str | None:

@@ -26,8 +26,19 @@ from quart_iot.errors import (
 )
 from quart_iot.models import StorageState
 from quart_iot.settings import Settings
-from quart_iot.store.backend import Change, ChangeSink, Deleted, Saved, StorageStats, WriteMeta
+from quart_iot.store.backend import (
+    Change,
+    ChangeSink,
+    Deleted,
+    DeletedModel,
+    Saved,
+    SavedModel,
+    StorageStats,
+    WriteMeta,
+)
+from quart_iot.store.devicemodels import ModelEntry, StoredModel
 from quart_iot.store.postgres import history, statements
+from quart_iot.store.postgres import models as model_sql
 from quart_iot.store.postgres.database import (
     BACKOFF_FIRST,
     Connection,
@@ -283,6 +294,8 @@ class PostgresBackend:
             check(new.mac, precondition, before)
             if row is not None and precondition.create_only:
                 refuse_existing(new.mac, precondition)
+            if precondition.model is not None:
+                await model_sql.require(conn, *precondition.model)
             if before == new.etag:  # a 128-bit hash of the bytes: the same bytes
                 return Saved(new, before, None, unchanged=True)
             statement = statements.SAVE_NEW if row is None else statements.SAVE_REPLACE
@@ -367,6 +380,31 @@ class PostgresBackend:
                 row = await self._read(statements.SURVEY)
                 self._survey = (row["versions"], row["bytes"])
             await asyncio.sleep(SURVEY_SECONDS)
+
+    # -- device models -----------------------------------------------------------------------
+
+    async def models(self, code: str | None = None) -> list[ModelEntry]:
+        async with self._connection() as conn:
+            return model_sql.entries(await conn.fetch(model_sql.MODELS, code))
+
+    async def model(self, code: str) -> StoredModel:
+        return model_sql.stored(code, await self._read(model_sql.MODEL, code))
+
+    async def save_model(self, model: StoredModel, precondition: Precondition) -> SavedModel:
+        model.check_size(self.max_bytes)
+        for _ in range(CREATE_ATTEMPTS):
+            with contextlib.suppress(model_sql.CreateRaced):
+                async with self._connection() as conn, conn.transaction():
+                    return await model_sql.save(conn, model, precondition)
+        raise StorageUnavailable("the device model kept changing under the write; retry")
+
+    async def delete_model(self, code: str, precondition: Precondition) -> DeletedModel:
+        async with self._connection() as conn, conn.transaction():
+            return await model_sql.delete(conn, code, precondition)
+
+    async def documents_of(self, code: str) -> list[StoredConfig]:
+        async with self._connection() as conn:
+            return await model_sql.documents(conn, code)
 
     # -- the change feed ---------------------------------------------------------------------
 

@@ -53,9 +53,39 @@ MIGRATIONS: tuple[str, ...] = (
         at timestamptz NOT NULL DEFAULT now()
     );
     """,
-    # A subject is any JSON string, NUL included, which `text` cannot hold: its UTF-8 bytes.
+    # 2: a subject is any JSON string, NUL included, which `text` cannot hold: its UTF-8 bytes.
     """
     ALTER TABLE config_versions ALTER COLUMN subject TYPE bytea USING convert_to(subject, 'UTF8');
+    """,
+    # 3: device models (issue 20); the list item gains device_model.
+    r"""
+    CREATE TABLE device_models (
+        code text COLLATE "C" PRIMARY KEY CHECK (code ~ '^[a-z0-9_]{1,64}$'),
+        data bytea NOT NULL,            -- {"name", "configSchema"}: .models/<code>.json's bytes
+        etag text NOT NULL              -- etag_of(data)
+    );
+    -- The list item as records.summary_json renders it now: device_model after device_name,
+    -- the deviceModel string or null (tests/test_postgres_models.py compares the two). A
+    -- \u0000 escape (which PostgreSQL's json functions refuse) is read as U+FFFD.
+    CREATE FUNCTION pg_temp.with_device_model(summary bytea, data bytea) RETURNS bytea
+    LANGUAGE sql IMMUTABLE AS $$
+        SELECT overlay(summary PLACING convert_to(',"device_model":' || CASE
+                   WHEN json_typeof(doc -> 'deviceModel') = 'string'
+                   THEN to_json(doc ->> 'deviceModel')::text ELSE 'null' END, 'UTF8')
+               FROM position(',"device_entity_id":'::bytea IN summary) FOR 0)
+        FROM (SELECT replace(convert_from(data, 'UTF8'), '\u0000', '\ufffd')::json AS doc) AS d
+    $$;
+    UPDATE configs SET summary = pg_temp.with_device_model(summary, data)
+    WHERE position(',"device_entity_id":'::bytea IN summary) > 0;
+    UPDATE config_versions SET summary = pg_temp.with_device_model(summary, data)
+    WHERE position(',"device_entity_id":'::bytea IN summary) > 0;
+    DROP FUNCTION pg_temp.with_device_model(bytea, bytea);
+    -- The model a document names: devicemodels.MODEL_IN_SUMMARY, on the bytes of its summary
+    -- (encode(..., 'escape') leaves ASCII as it is, and a code is ASCII).
+    ALTER TABLE configs ADD COLUMN device_model text COLLATE "C" GENERATED ALWAYS AS (
+        substring(encode(summary, 'escape') FROM '"device_model":"([a-z0-9_]{1,64})"')
+    ) STORED;
+    CREATE INDEX configs_by_model ON configs (device_model);
     """,
 )
 
