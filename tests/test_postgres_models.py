@@ -43,9 +43,9 @@ def old_summary(mac: str, content: dict[str, Any]) -> bytes:
 
 
 async def test_the_migration_gives_every_stored_summary_its_device_model(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    pg_empty_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_empty_url)
     try:
         monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:2])
         assert await schema.migrate(conn) == 2  # a database before device models
@@ -94,4 +94,4 @@ def test_copy_takes_the_models_directory_for_the_store_s_own(
     write_config(source, MAC, {"deviceModel": "relay"})
     assert copy_main(["--from", str(source), "--to", pg_url]) == 0
     output = capsys.readouterr().out.strip().splitlines()
-    assert output == ["copied 1 documents; nothing unchanged"]  # no line about .models
+    assert output == ["copied 1 document; nothing unchanged"]  # no line about .models
