@@ -14,7 +14,6 @@ from quart_schema import (
 )
 
 from quart_iot.apidocs import document_errors
-from quart_iot.bulk import Journal, new_change_id, start_journal
 from quart_iot.errors import ApiError, InvalidBody, InvalidChangeId, InvalidPath
 from quart_iot.identifiers import VERSION_PATTERN
 from quart_iot.models import (
@@ -27,7 +26,7 @@ from quart_iot.models import (
     RevertRequest,
 )
 from quart_iot.oidc import writer_subject
-from quart_iot.store import bulkchanges, current_store
+from quart_iot.store import WriteMeta, bulkchanges, current_store
 
 blueprint = Blueprint("changes", __name__)
 tag_blueprint(blueprint, ["changes"])
@@ -47,22 +46,17 @@ async def make_change(data: ChangeRequest) -> Response:
     against its model (`invalid`); `dryRun` writes nothing and shows each diff. More than
     MAX_BULK_DEVICES selected: 422 TOO_MANY_DEVICES, nothing written."""
     store = current_store()
-    plans, violations = await bulkchanges.plan(
-        store, data.filter, data.patch, store.max_bulk_devices
-    )
     if data.dryRun:
+        plans, violations = await bulkchanges.plan(
+            store, data.filter, data.patch, store.max_bulk_devices
+        )
         return _json(ChangeResult.dry_run(plans, violations))
     subject = writer_subject()
-    journal = start_journal(
-        new_change_id(),
-        plans,
-        subject=subject,
-        comment=data.comment,
-        filter_text=data.filter,
-        patch=data.patch,
-        violations=violations,
+    done = await store.carry_out(
+        CHANGES,
+        WriteMeta(subject),
+        lambda: bulkchanges.change(store, data.filter, data.patch, data.comment, subject),
     )
-    done = await store.carry_out(lambda: bulkchanges.run(store, journal, plans, subject))
     return _json(ChangeResult.of(done))
 
 
@@ -97,14 +91,12 @@ async def revert_change(change_id: str) -> Response:
     """Put each device the change wrote back to its version before the change, if it is still
     at the version the change wrote (`conflict` for the others); itself a new change."""
     body = await _revert_body()
-    store = current_store()
-    original = await bulkchanges.record(store, checked(change_id))
-    plans, conflicts, violations = await bulkchanges.plan_undo(store, original)
-    subject = writer_subject()
-    journal: Journal = bulkchanges.revert_journal(
-        original, plans, conflicts, violations, subject, body.comment
+    store, subject, change_id = current_store(), writer_subject(), checked(change_id)
+    done = await store.carry_out(
+        f"{CHANGES}/{change_id}/revert",
+        WriteMeta(subject),
+        lambda: bulkchanges.revert(store, change_id, subject, body.comment),
     )
-    done = await store.carry_out(lambda: bulkchanges.run(store, journal, plans, subject))
     return _json(ChangeResult.of(done))
 
 

@@ -107,6 +107,37 @@ def violations(error: SchemaViolation | UnknownModel) -> Violations:
     return [{"path": "/deviceModel", "keyword": "deviceModel", "message": error.message}]
 
 
+async def change(
+    store: ConfigStore,
+    filter_text: str,
+    patch: Document,
+    comment: str | None,
+    subject: str | None,
+) -> Journal:
+    """A bulk change, from the selection to its final record."""
+    plans, found = await plan(store, filter_text, patch, store.max_bulk_devices)
+    journal = start_journal(
+        new_change_id(),
+        plans,
+        subject=subject,
+        comment=comment,
+        filter_text=filter_text,
+        patch=patch,
+        violations=found,
+    )
+    return await run(store, journal, plans, subject)
+
+
+async def revert(
+    store: ConfigStore, change_id: str, subject: str | None, comment: str | None
+) -> Journal:
+    """A change's revert, itself a change, from the original's record to its own."""
+    original = await record(store, change_id)
+    plans, conflicts, found = await plan_undo(store, original)
+    journal = revert_journal(original, plans, conflicts, found, subject, comment)
+    return await run(store, journal, plans, subject)
+
+
 async def run(
     store: ConfigStore, journal: Journal, plans: list[DevicePlan], subject: str | None
 ) -> Journal:

@@ -250,12 +250,17 @@ class ConfigStore:
             "bulk_change", mac, meta, lambda: self._save_conforming(mac, content, pinned, meta)
         )
 
-    async def carry_out(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Long work made of writes (a bulk change): refused once the stop began (unless its
-        request arrived before), carried out in a task of its own that the stop's drain
-        awaits, whatever its client does."""
+    async def carry_out(
+        self, target: str, meta: WriteMeta, work: Callable[[], Coroutine[Any, Any, T]]
+    ) -> T:
+        """Long work made of writes (a bulk change, `target` its path for the audit): refused
+        once the stop began (unless its request arrived before), carried out in a task of its
+        own that the stop's drain awaits, whatever its client does. Each write in it goes
+        through `_write`."""
         if self._refuses():
-            raise ShuttingDown
+            refusal = ShuttingDown()
+            self._tell(Written.refused("bulk_change", target, meta, refusal))
+            raise refusal
         task: asyncio.Task[T] = asyncio.get_running_loop().create_task(work())
         self._writes.add(task)
         task.add_done_callback(self._write_ended)
