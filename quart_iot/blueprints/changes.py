@@ -131,4 +131,5 @@ def changes_path_error(parts: list[str]) -> ApiError:
 
 
 def _json(model: ChangeResult | ChangeRecord | ChangeList) -> Response:
-    return Response(model.model_dump_json(), content_type="application/json")
+    # Unset: left out (a `remove` operation has no `value`; `diff` only in a dry run).
+    return Response(model.model_dump_json(exclude_unset=True), content_type="application/json")
