@@ -5,15 +5,19 @@ ones) and is undone by a revert that leaves later edits alone."""
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 from quart import Quart
 
+from quart_iot.app import create_app
 from quart_iot.documents import dump_document, etag_of
+from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore, Written, bulkchanges
-from tests.conftest import Client
+from tests.conftest import MAC, Client
+from tests.oidc_provider import AUDIENCE, Provider, SigningKey, install
 
 RELAYS = 'eq(deviceModel,"relay_board")'
 NEW_BROKER = {"mqtt": {"host": "broker.lan"}}
@@ -349,3 +353,69 @@ async def test_openapi_documents_the_change_routes(client: Client) -> None:
         "invalid",
     }
     assert "changeId" in schemas["HistoryVersion"]["properties"]
+
+
+# -- access control --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[Provider]:
+    install()
+    provider = Provider([SigningKey("k1")])
+    provider.start()
+    try:
+        yield provider
+    finally:
+        provider.close()
+
+
+async def test_changes_need_the_writer_role_and_reading_them_the_reader_role(
+    make_settings: Callable[..., Settings], provider: Provider, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(
+        oidc_issuer=provider.issuer, oidc_audience=AUDIENCE, oidc_jwks_min_refresh=5
+    )
+    names = ("reader", "writer", "device-a")
+    tokens = dict(
+        zip(
+            names,
+            await asyncio.gather(*(asyncio.to_thread(provider.token, n) for n in names)),
+            strict=True,
+        )
+    )
+    app = create_app(settings)
+    async with app.test_app():
+        client = app.test_client()
+
+        def bearer(name: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {tokens[name]}"}
+
+        await ConfigStore.of(app).save_model("relay_board", "Relay board", None)
+        await ConfigStore.of(app).save(MAC, relay(0))
+        body = {"filter": RELAYS, "patch": NEW_BROKER}
+        for name, status in (("reader", 403), ("device-a", 403)):
+            refused = await client.post("/api/configs/changes", json=body, headers=bearer(name))
+            assert refused.status_code == status, name
+        assert (await client.post("/api/configs/changes", json=body)).status_code == 401
+        with caplog.at_level(logging.INFO, logger="quart_iot.audit"):
+            made = await client.post("/api/configs/changes", json=body, headers=bearer("writer"))
+        assert made.status_code == 200
+        change_id = (await made.get_json())["changeId"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "quart_iot.audit"]
+        assert any(f"audit: POST {MAC} 200 allowed by" in line for line in lines), lines
+        path = f"/api/configs/changes/{change_id}"
+        for name, status in (("reader", 200), ("writer", 200), ("device-a", 403)):
+            assert (await client.get(path, headers=bearer(name))).status_code == status, name
+            assert (
+                await client.get("/api/configs/changes", headers=bearer(name))
+            ).status_code == status
+        record = await (await client.get(path, headers=bearer("reader"))).get_json()
+        assert record["subject"] is not None
+        history = await (
+            await client.get(f"/api/configs/{MAC}/history", headers=bearer("reader"))
+        ).get_json()
+        assert history["versions"][0]["subject"] == record["subject"]
+        assert history["versions"][0]["changeId"] == change_id
+        revert = f"{path}/revert"
+        assert (await client.post(revert, headers=bearer("reader"))).status_code == 403
+        assert (await client.post(revert, headers=bearer("writer"))).status_code == 200
