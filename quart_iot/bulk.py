@@ -5,9 +5,11 @@ A change is written as: journal `running` (every device planned: the ETag it rea
 ETag its write will give, the document before) -> one conditional write per device (If-Match
 the ETag read, the change's id kept with the version) -> journal `completed` with each
 outcome. Whatever stops it, each device is at the ETag before or the ETag after (or at
-another writer's, a conflict), and `recover` tells which from the ETags alone (an ETag is
-the hash of the stored bytes, so the one a write will give is known before it is made). The
-routes and the store calls that use these are in quart_iot/store/changes.py.
+another writer's, a conflict), and `recover` tells which: from the versions carrying the
+change's id in the device's history (changed, whatever happened since), else from the ETags
+(an ETag is the hash of the stored bytes, so the one a write will give is known before it is
+made). Stores keep the journal without the documents before (`without_befores`), those apart
+(`befores`): a revert alone reads them. quart_iot/store/bulkchanges.py carries changes out.
 """
 
 import secrets

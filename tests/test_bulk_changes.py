@@ -13,6 +13,7 @@ import pytest
 from quart import Quart
 
 from quart_iot.app import create_app
+from quart_iot.bulk import new_change_id, start_journal
 from quart_iot.documents import dump_document, etag_of
 from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore, Written, bulkchanges
@@ -419,3 +420,69 @@ async def test_changes_need_the_writer_role_and_reading_them_the_reader_role(
         revert = f"{path}/revert"
         assert (await client.post(revert, headers=bearer("reader"))).status_code == 403
         assert (await client.post(revert, headers=bearer("writer"))).status_code == 200
+
+
+async def test_a_change_that_fails_midway_is_kept_interrupted_with_what_it_wrote(
+    app: Quart, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure nobody foresaw (a bug, say) after some devices: the change's record is
+    settled at once, from what the store holds, and says which devices were written."""
+    await fleet(client, 6, model=False)
+    store = ConfigStore.of(app)
+    writing = store.change_device
+    calls = 0
+
+    async def fails_at_the_fourth(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise RuntimeError("boom")
+        return await writing(*args)
+
+    monkeypatch.setattr(store, "change_device", fails_at_the_fourth)
+    monkeypatch.setattr(bulkchanges, "WRITES_AT_ONCE", 1)
+    answer = await change(client, filter=RELAYS, patch=NEW_BROKER)
+    listed = await (await client.get("/api/configs/changes")).get_json()
+    record = await (
+        await client.get(f"/api/configs/changes/{listed['changes'][0]['changeId']}")
+    ).get_json()
+    assert record["state"] == "interrupted"
+    found = statuses(record)
+    for mac, status in found.items():
+        host = (await document(client, mac))["mqtt"]["host"]
+        assert host == ("broker.lan" if status == "changed" else "old.lan")
+        assert status in ("changed", "not_applied")
+    assert record["counts"] == {"changed": 5, "not_applied": 1}
+    assert statuses(answer) == found
+
+
+async def test_a_running_change_cannot_be_reverted_yet(app: Quart, client: Client) -> None:
+    await fleet(client, 1, model=False)
+    store = ConfigStore.of(app)
+    plans, _ = await bulkchanges.plan(store, RELAYS, NEW_BROKER, 10)
+    journal = start_journal(
+        new_change_id(), plans, subject=None, comment=None, filter_text=RELAYS, patch=NEW_BROKER
+    )
+    await store.backend.begin_change(journal)
+    try:
+        path = f"/api/configs/changes/{journal.change_id}"
+        assert (await (await client.get(path)).get_json())["state"] == "running"  # owned here
+        refused = await client.post(f"{path}/revert")
+        assert refused.status_code == 409
+        assert (await refused.get_json())["code"] == "CHANGE_RUNNING"
+    finally:
+        await store.backend.end_change(journal.model_copy(update={"state": "interrupted"}))
+
+
+async def test_malformed_reverts_and_paths_are_400(client: Client) -> None:
+    await fleet(client, 1, model=False)
+    change_id = (await change(client, filter=RELAYS, patch=NEW_BROKER))["changeId"]
+    path = f"/api/configs/changes/{change_id}/revert"
+    for body in (b"[1]", b'{"comment": 1}', b'{"why": "x"}', b"not json"):
+        response = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 400, body
+        assert (await response.get_json())["code"] == "VALIDATION_FAILED"
+    for wrong in (f"/api/configs/changes/{change_id}/undo", "/api/configs/changes/x/revert"):
+        response = await client.post(wrong)
+        assert response.status_code == 400, wrong
+        assert (await response.get_json())["code"] in ("INVALID_OPERATION", "INVALID_PATH")

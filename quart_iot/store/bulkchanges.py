@@ -13,8 +13,11 @@ whose history keeps a version carrying the change's id was `changed`, the others
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
+
+import anyio.to_thread
 
 from quart_iot.bulk import (
     DevicePlan,
@@ -51,6 +54,7 @@ WRITES_AT_ONCE = 4
 READS_AT_ONCE = 16
 Violations = list[dict[str, Any]]
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
@@ -70,7 +74,8 @@ async def plan(
         for s in found
         if s is not None and search.selects(s.mac, s.content)
     ]
-    plans = plan_change(devices, patch)
+    # Off the event loop: a thousand merges, renderings and diffs would hold it up.
+    plans = await anyio.to_thread.run_sync(plan_change, devices, patch)
     return plans, await violations_of(store, plans)
 
 
@@ -153,8 +158,12 @@ async def run(
         await asyncio.shield(settle(store, journal))
         raise
     decided = dict(zip((entry.mac for entry in todo), outcomes, strict=True))
-    entries = [decided.get(entry.mac, entry) for entry in journal.devices]
-    done = complete(journal.model_copy(update={"devices": entries}))
+    written = journal.model_copy(
+        update={"devices": [decided.get(entry.mac, entry) for entry in journal.devices]}
+    )
+    if any(entry.status is None for entry in written.devices):
+        return await settle(store, written)  # a write failed unforeseen: decided from the store
+    done = complete(written)
     await store.backend.end_change(done)
     return done
 
@@ -176,11 +185,14 @@ async def _write(store: ConfigStore, device: DevicePlan, meta: WriteMeta) -> Jou
         status, etag, violations_found = "invalid", device.etag_before, violations(error)
     except ApiError:  # not written (the storage failed, the stop): left as it was
         status, etag = "not_applied", await _etag_now(store, device.mac)
+    except Exception:  # written or not: the store tells (`settle`), once the others ended
+        log.exception("bulk change %s: the write of %s failed", meta.change_id, device.mac)
+        return _entry(device, None, None)
     entry = _entry(device, status, etag)
     return entry.model_copy(update={"violations": violations_found})
 
 
-def _entry(device: DevicePlan, status: DeviceStatus, etag: str | None) -> JournalEntry:
+def _entry(device: DevicePlan, status: DeviceStatus | None, etag: str | None) -> JournalEntry:
     return JournalEntry(
         mac=device.mac,
         etag_before=device.etag_before,
