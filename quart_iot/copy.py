@@ -25,6 +25,7 @@ from quart_iot.documents import InvalidJson, etag_of, parse_document
 from quart_iot.errors import ApiError, StorageUnavailable
 from quart_iot.settings import check_database_url
 from quart_iot.store.directory.files import (
+    CHANGES_NAME,
     CONFIG_NAME,
     HISTORY_NAME,
     LOCK_NAME,
@@ -236,7 +237,8 @@ class DirectoryStore:
 def _odd(entry: os.DirEntry[str]) -> str | None:
     """Why a directory entry is not a document ('' for the store's own entries, None for a
     document's name)."""
-    if entry.name in (HISTORY_NAME, LOCK_NAME, MODELS_NAME):  # device models: not copied yet
+    # Device models and bulk change records: not copied yet.
+    if entry.name in (HISTORY_NAME, LOCK_NAME, MODELS_NAME, CHANGES_NAME):
         return ""
     if TEMP_NAME.fullmatch(entry.name):
         return "a temp file of an interrupted write"

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -486,3 +487,22 @@ async def test_malformed_reverts_and_paths_are_400(client: Client) -> None:
         response = await client.post(wrong)
         assert response.status_code == 400, wrong
         assert (await response.get_json())["code"] in ("INVALID_OPERATION", "INVALID_PATH")
+
+
+async def test_the_directory_keeps_records_in_changes_which_the_list_does_not_report(
+    client: Client, configs_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await fleet(client, 2, model=False)
+    change_id = (await change(client, filter=RELAYS, patch=NEW_BROKER))["changeId"]
+    kept = sorted(path.name for path in (configs_dir / ".changes").iterdir())
+    assert kept == [f"{change_id}.before.json", f"{change_id}.json"]  # no owner file left
+    record = json.loads((configs_dir / ".changes" / f"{change_id}.json").read_bytes())
+    assert record["state"] == "completed"
+    assert all(entry["before"] is None for entry in record["devices"])  # kept apart
+    befores = json.loads((configs_dir / ".changes" / f"{change_id}.before.json").read_bytes())
+    assert befores[mac_of(0)] == relay(0)
+    with caplog.at_level(logging.WARNING):
+        (configs_dir / "stray").write_text("x")  # a change of the directory: listed again
+        assert (await (await client.get("/api/configs")).get_json())["count"] == 2
+    assert "'stray'" in caplog.text
+    assert ".changes" not in caplog.text

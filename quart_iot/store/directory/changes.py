@@ -24,10 +24,9 @@ from quart_iot.bulk import Journal, befores, without_befores
 from quart_iot.documents import Document
 from quart_iot.errors import ChangeNotFound
 from quart_iot.identifiers import VERSION_PATTERN
-from quart_iot.store.directory.files import Directory
+from quart_iot.store.directory.files import CHANGES_NAME, Directory
 from quart_iot.store.directory.versions import Shelves
 
-CHANGES_NAME = ".changes"
 CHANGES_KEPT = 1000  # records kept, newest first; older ones go as new changes begin
 _RECORD = re.compile(rf"(?P<id>{VERSION_PATTERN})\.json")
 
