@@ -38,22 +38,20 @@ class DevicePlan:
     after: Document
     stored_after: bytes  # the bytes the write stores (dump_document of `after`)
     diff: list[Operation]  # RFC 6902, before -> after: what a dry run shows
+    # Whether there is anything to write: a patch that changes nothing writes nothing.
+    changes: bool
 
     @property
     def etag_after(self) -> str:
         """The ETag the device has once written (the same on every store: it is the bytes')."""
         return etag_of(self.stored_after)
 
-    @property
-    def changes(self) -> bool:
-        """Whether there is anything to write: a patch that changes nothing writes nothing."""
-        return self.stored_after != dump_document(self.before)
-
 
 def plan_device(mac: str, content: Document, etag: str, target: Document) -> DevicePlan:
     """The plan that takes a device from `content` (read with `etag`) to `target`."""
     stored = dump_document(target)
-    return DevicePlan(mac, etag, content, target, stored, make_patch(content, target))
+    diff = make_patch(content, target)
+    return DevicePlan(mac, etag, content, target, stored, diff, stored != dump_document(content))
 
 
 def plan_change(devices: Iterable[tuple[str, Document, str]], patch: Document) -> list[DevicePlan]:

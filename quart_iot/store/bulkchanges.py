@@ -68,15 +68,20 @@ async def plan(
     if len(listed) > max_devices:
         raise TooManyDevices(len(listed), max_devices)
     found = await _each([entry["mac_address"] for entry in listed], store_read(store))
-    # Written meanwhile: the version read is the one the change is about, if still selected.
+    # Off the event loop: a thousand parses, merges, renderings and diffs would hold it up.
+    plans = await anyio.to_thread.run_sync(_plans, search, found, patch)
+    return plans, await violations_of(store, plans)
+
+
+def _plans(search: Search, found: list[StoredConfig | None], patch: Document) -> list[DevicePlan]:
+    """The plans of the devices read; one written meanwhile is planned from the version read
+    (the one the change is about), if the filter still selects it."""
     devices = [
         (s.mac, s.content, s.etag)
         for s in found
         if s is not None and search.selects(s.mac, s.content)
     ]
-    # Off the event loop: a thousand merges, renderings and diffs would hold it up.
-    plans = await anyio.to_thread.run_sync(plan_change, devices, patch)
-    return plans, await violations_of(store, plans)
+    return plan_change(devices, patch)
 
 
 def store_read(store: ConfigStore) -> Callable[[str], Awaitable[StoredConfig | None]]:
