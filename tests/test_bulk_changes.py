@@ -16,6 +16,7 @@ from quart import Quart
 from quart_iot.app import create_app
 from quart_iot.bulk import new_change_id, start_journal
 from quart_iot.documents import dump_document, etag_of
+from quart_iot.errors import StorageUnavailable
 from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore, Written, bulkchanges
 from tests.conftest import MAC, Client
@@ -423,11 +424,12 @@ async def test_changes_need_the_writer_role_and_reading_them_the_reader_role(
         assert (await client.post(revert, headers=bearer("writer"))).status_code == 200
 
 
+@pytest.mark.parametrize("failure", [RuntimeError("boom"), StorageUnavailable("disk full")])
 async def test_a_change_that_fails_midway_is_kept_interrupted_with_what_it_wrote(
-    app: Quart, client: Client, monkeypatch: pytest.MonkeyPatch
+    app: Quart, client: Client, monkeypatch: pytest.MonkeyPatch, failure: Exception
 ) -> None:
-    """A failure nobody foresaw (a bug, say) after some devices: the change's record is
-    settled at once, from what the store holds, and says which devices were written."""
+    """A device write failing (the storage, or a failure nobody foresaw) after some devices:
+    the change is settled at once from what the store holds, and says which were written."""
     await fleet(client, 6, model=False)
     store = ConfigStore.of(app)
     writing = store.change_device
@@ -437,7 +439,7 @@ async def test_a_change_that_fails_midway_is_kept_interrupted_with_what_it_wrote
         nonlocal calls
         calls += 1
         if calls == 4:
-            raise RuntimeError("boom")
+            raise failure
         return await writing(*args)
 
     monkeypatch.setattr(store, "change_device", fails_at_the_fourth)

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -41,6 +42,7 @@ from quart_iot.errors import (
     SchemaViolation,
     TooManyDevices,
     UnknownModel,
+    WriteOutlived,
 )
 from quart_iot.rql import Filter
 from quart_iot.store.backend import Unconfirmed, WriteMeta
@@ -126,7 +128,8 @@ async def change(
 ) -> Journal:
     """A bulk change, from the selection to its final record."""
     plans, found = await plan(store, filter_text, patch, store.max_bulk_devices)
-    journal = start_journal(
+    start = partial(
+        start_journal,
         new_change_id(),
         plans,
         subject=subject,
@@ -135,6 +138,7 @@ async def change(
         patch=patch,
         violations=found,
     )
+    journal = await anyio.to_thread.run_sync(start)  # a thousand entries: off the event loop
     return await run(store, journal, plans, subject)
 
 
@@ -144,7 +148,9 @@ async def revert(
     """A change's revert, itself a change, from the original's record to its own."""
     original = await record(store, change_id)
     plans, conflicts, found = await plan_undo(store, original)
-    journal = revert_journal(original, plans, conflicts, found, subject, comment)
+    journal = await anyio.to_thread.run_sync(
+        revert_journal, original, plans, conflicts, found, subject, comment
+    )
     return await run(store, journal, plans, subject)
 
 
@@ -160,7 +166,8 @@ async def run(
         write = lambda entry: _write(store, by_mac[entry.mac], meta)  # noqa: E731
         outcomes = await _each(todo, write, WRITES_AT_ONCE)
     except BaseException:
-        await asyncio.shield(settle(store, journal))
+        if not store.gave_up:  # else the process ends now: the next read settles it
+            await asyncio.shield(settle(store, journal))
         raise
     decided = dict(zip((entry.mac for entry in todo), outcomes, strict=True))
     written = journal.model_copy(
@@ -188,9 +195,13 @@ async def _write(store: ConfigStore, device: DevicePlan, meta: WriteMeta) -> Jou
         status, etag = "conflict", await _etag_now(store, device.mac)
     except (SchemaViolation, UnknownModel) as error:  # its model changed since it was checked
         status, etag, violations_found = "invalid", device.etag_before, violations(error)
-    except ApiError:  # not written (the storage failed, the stop): left as it was
-        status, etag = "not_applied", await _etag_now(store, device.mac)
-    except Exception:  # written or not: the store tells (`settle`), once the others ended
+    except WriteOutlived:  # the stop gave up on it, and the process ends: settled at a read
+        raise
+    except ApiError as error:  # the storage failed, the stop began: written or not, the
+        # store tells (`settle`), once the other writes ended
+        log.warning("bulk change %s: %s not decided: %s", meta.change_id, device.mac, error)
+        return _entry(device, None, None)
+    except Exception:  # a failure nobody foresaw: as above
         log.exception("bulk change %s: the write of %s failed", meta.change_id, device.mac)
         return _entry(device, None, None)
     entry = _entry(device, status, etag)
@@ -253,10 +264,17 @@ async def plan_undo(
     befores = await store.backend.change_befores(original.change_id)
     changed = [entry.mac for entry in original.devices if entry.status == "changed"]
     found = await _each(changed, store_read(store))
+    plans, entries = await anyio.to_thread.run_sync(_undo_plans, original, found, befores)
+    return plans, entries, await violations_of(store, plans)
+
+
+def _undo_plans(
+    original: Journal, found: list[StoredConfig | None], befores: dict[str, Document]
+) -> tuple[list[DevicePlan], list[JournalEntry]]:
+    """A revert's plans and conflicts (off the event loop: parses, renderings, diffs)."""
     current = {s.mac: (s.content, s.etag) for s in found if s is not None}
     plans, conflicts = plan_revert(original, current, befores)
-    entries = [_conflict(original.entry(mac), current.get(mac)) for mac in conflicts]
-    return plans, entries, await violations_of(store, plans)
+    return plans, [_conflict(original.entry(mac), current.get(mac)) for mac in conflicts]
 
 
 def _conflict(entry: JournalEntry, found: tuple[Document, str] | None) -> JournalEntry:

@@ -425,6 +425,11 @@ class ConfigStore:
         _, running = await asyncio.wait(set(self._writes), timeout=seconds)
         return not running
 
+    @property
+    def gave_up(self) -> bool:
+        """Whether the stop stopped waiting for the writes still running."""
+        return self._gave_up is not None and self._gave_up.done()
+
     def give_up_writes(self) -> None:
         """Answer the writes still running now (the stop's deadline passed); they go on."""
         if self._gave_up is not None and not self._gave_up.done():

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 import asyncpg
 
 from quart_iot.bulk import Journal
@@ -342,8 +343,9 @@ class PostgresBackend:
                 await change_sql.own(owner, journal.change_id)
             except UNAVAILABLE as error:
                 raise StorageUnavailable(self.db.outage.failed(error)) from None
+            kept = await anyio.to_thread.run_sync(change_sql.rows, journal)  # large: off the loop
             async with self._connection() as conn:
-                await change_sql.begin(conn, journal)
+                await change_sql.begin(conn, journal.change_id, kept)
         except BaseException:
             await owner.close()
             raise
@@ -364,7 +366,8 @@ class PostgresBackend:
 
     async def change_befores(self, change_id: str) -> dict[str, Document]:
         async with self._connection() as conn:
-            return await change_sql.read_befores(conn, change_id)
+            found = await change_sql.read_befores(conn, change_id)
+        return await anyio.to_thread.run_sync(change_sql.parse_befores, found)
 
     async def changes(self, limit: int, before: str | None) -> list[tuple[Journal, bool]]:
         async with self._connection() as conn:

@@ -47,14 +47,22 @@ async def own(owner: asyncpg.Connection, change_id: str) -> None:
     await owner.execute(LOCK, CHANGE_LOCK, change_id)
 
 
-async def begin(conn: Connection, journal: Journal) -> None:
-    """The record and the documents before, in one transaction; old records pruned."""
+Rows = tuple[bytes, list[str], list[bytes]]
+
+
+def rows(journal: Journal) -> Rows:
+    """What `begin` keeps: the record, and the documents before by MAC (blocking: large)."""
     found = befores(journal)
     data = [json.dumps(content, ensure_ascii=False).encode() for content in found.values()]
+    return without_befores(journal).model_dump_json().encode(), list(found), data
+
+
+async def begin(conn: Connection, change_id: str, kept: Rows) -> None:
+    """The record and the documents before, in one transaction; old records pruned."""
+    record, macs, data = kept
     async with conn.transaction():
-        record = without_befores(journal).model_dump_json().encode()
-        await conn.execute(BEGIN, journal.change_id, record)
-        await conn.execute(BEFORES, journal.change_id, list(found), data)
+        await conn.execute(BEGIN, change_id, record)
+        await conn.execute(BEFORES, change_id, macs, data)
         await conn.execute(PRUNE, CHANGES_KEPT)
 
 
@@ -80,11 +88,16 @@ async def recent(
     ]
 
 
-async def read_befores(conn: Connection, change_id: str) -> dict[str, Document]:
-    rows = await conn.fetch(READ_BEFORES, change_id)
-    if not rows and await conn.fetchrow(RECORD, change_id) is None:
+async def read_befores(conn: Connection, change_id: str) -> dict[str, bytes]:
+    """The documents before by MAC, as stored (`parse_befores` makes them documents)."""
+    found = await conn.fetch(READ_BEFORES, change_id)
+    if not found and await conn.fetchrow(RECORD, change_id) is None:
         raise ChangeNotFound(change_id)
-    return {row["mac"]: parse_document(row["data"]) for row in rows}
+    return {row["mac"]: row["data"] for row in found}
+
+
+def parse_befores(found: dict[str, bytes]) -> dict[str, Document]:
+    return {mac: parse_document(data) for mac, data in found.items()}
 
 
 async def writes(conn: Connection, change_id: str) -> dict[str, str]:
