@@ -103,7 +103,7 @@ def prepare(server: BenchServer) -> None:
 
 def bench_store(store: str, server: BenchServer, args: argparse.Namespace) -> StoreResult:
     prepare(server)
-    idle = probed(server, idle_for(3.0))
+    idle = probed(server, idle_for(args.idle))
     changes, reverts = [], []
     for number in range(args.runs):
         body = {"filter": EVERY, "patch": {"mqtt": {"host": f"broker-{time.time_ns()}.lan"}}}
@@ -186,6 +186,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3, help="rounds (medians)")
     parser.add_argument("--stores", default="directory,postgres", help="comma-separated")
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle probing")
     args = parser.parse_args(argv)
     load = " ".join(open("/proc/loadavg").read().split()[:3])  # noqa: SIM115
     work = WORK / f"changes-n{args.devices}"
