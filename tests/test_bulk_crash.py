@@ -111,6 +111,7 @@ def check(url: str, before: dict[str, bytes], patch: dict[str, Any]) -> None:
         outcome = {d["mac_address"]: d for d in record["devices"]}
         assert set(outcome) == set(before)
         counts: dict[str, int] = {}
+        marked = 0
         for mac, old in before.items():
             now = client.get(f"/api/configs/{mac}.json").content
             new = dump_document(merge_patch(client_json(old), patch))
@@ -120,13 +121,19 @@ def check(url: str, before: dict[str, bytes], patch: dict[str, Any]) -> None:
                 assert now == new, mac
                 assert outcome[mac]["etag"] == etag_of(new)
                 versions = client.get(f"/api/configs/{mac}/history").json()["versions"]
-                assert versions[0]["changeId"] == change_id
+                # The directory store links a version after the rename that makes its
+                # document current: a kill between the two leaves the document without its
+                # version (kept, unmarked, at the device's next write). The record says
+                # `changed` all the same: the ETag is the one the change computed.
+                marked += versions[0]["changeId"] == change_id
+                assert versions[0]["changeId"] in (change_id, None)
             else:
                 assert status == "not_applied", (mac, status)
                 assert now == old, mac
         assert counts.get("changed", 0) > 0
         assert counts.get("not_applied", 0) > 0
         assert record["counts"] == counts
+        assert marked >= counts["changed"] - 4  # at most one device per write in flight
         # ... and it reverts like any change: every device it wrote goes back.
         undone = client.post(f"/api/configs/changes/{change_id}/revert").json()
         assert {d["status"] for d in undone["devices"]} == {"changed"}
