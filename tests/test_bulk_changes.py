@@ -18,7 +18,8 @@ from quart_iot.bulk import new_change_id, start_journal
 from quart_iot.documents import dump_document, etag_of
 from quart_iot.errors import StorageUnavailable
 from quart_iot.settings import Settings
-from quart_iot.store import ConfigStore, Written, bulkchanges
+from quart_iot.store import ConfigStore, DirectoryBackend, Written, bulkchanges
+from quart_iot.store.postgres import changes as postgres_changes
 from tests.conftest import MAC, Client
 from tests.oidc_provider import AUDIENCE, Provider, SigningKey, install
 
@@ -508,3 +509,27 @@ async def test_the_directory_keeps_records_in_changes_which_the_list_does_not_re
         assert (await (await client.get("/api/configs")).get_json())["count"] == 2
     assert "'stray'" in caplog.text
     assert ".changes" not in caplog.text
+
+
+async def test_the_oldest_records_go_past_the_retention(
+    app: Quart, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = ConfigStore.of(app).backend
+    if isinstance(backend, DirectoryBackend):
+        monkeypatch.setattr(backend.change_files, "kept", 2)
+    else:
+        monkeypatch.setattr(postgres_changes, "CHANGES_KEPT", 2)
+    await fleet(client, 1, model=False)
+    ids = [(await change(client, filter=RELAYS, patch={"n": n}))["changeId"] for n in range(4)]
+    listed = await (await client.get("/api/configs/changes")).get_json()
+    assert [c["changeId"] for c in listed["changes"]] == ids[:1:-1]
+    assert (await client.get(f"/api/configs/changes/{ids[0]}")).status_code == 404
+    history = await versions(client, mac_of(0))
+    assert [v["changeId"] for v in history] == [*ids[::-1], None]  # the marks stay
+
+
+async def test_a_result_naming_an_unknown_model_is_invalid(client: Client) -> None:
+    await fleet(client, 1, model=False)
+    answer = await change(client, filter=RELAYS, patch={"deviceModel": "nobody"})
+    assert statuses(answer) == {mac_of(0): "invalid"}
+    assert answer["devices"][0]["violations"][0]["path"] == "/deviceModel"
