@@ -533,3 +533,11 @@ async def test_a_result_naming_an_unknown_model_is_invalid(client: Client) -> No
     answer = await change(client, filter=RELAYS, patch={"deviceModel": "nobody"})
     assert statuses(answer) == {mac_of(0): "invalid"}
     assert answer["devices"][0]["violations"][0]["path"] == "/deviceModel"
+
+
+async def test_put_patch_and_delete_on_the_changes_path_are_405(client: Client) -> None:
+    for method in ("PUT", "PATCH", "DELETE"):
+        response = await client.open("/api/configs/changes", method=method, json={})
+        assert response.status_code == 405, method
+        assert (await response.get_json())["code"] == "METHOD_NOT_ALLOWED"
+        assert response.headers["Allow"] == "GET, HEAD, OPTIONS, POST"

@@ -12,6 +12,7 @@ from quart_schema import (
     validate_querystring,
     validate_request,
 )
+from werkzeug.exceptions import MethodNotAllowed
 
 from quart_iot.apidocs import document_errors
 from quart_iot.errors import ApiError, InvalidBody, InvalidChangeId, InvalidPath
@@ -32,8 +33,17 @@ blueprint = Blueprint("changes", __name__)
 tag_blueprint(blueprint, ["changes"])
 
 CHANGES = "/api/configs/changes"
+ALLOWED = frozenset({"GET", "HEAD", "OPTIONS", "POST"})
 _ID_LENGTH = 28
 _CHANGE_ID = re.compile(VERSION_PATTERN)  # ids are made as version ids are (bulk.new_change_id)
+
+
+@blueprint.before_app_request
+async def not_a_device() -> None:
+    """PUT, PATCH or DELETE on /api/configs/changes is 405, not a bad MAC (the `<mac_address>`
+    routes match the path too)."""
+    if request.path == CHANGES and request.method not in ALLOWED:
+        raise MethodNotAllowed(valid_methods=sorted(ALLOWED))
 
 
 @blueprint.post(CHANGES)
