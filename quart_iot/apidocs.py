@@ -75,7 +75,12 @@ MODEL_CODE_SCHEMA = {
     "maxLength": 64,
     "examples": ["esp32_devkitc"],
 }
-PATH_SCHEMAS = {"mac_address": MAC_SCHEMA, "version": VERSION_SCHEMA, "code": MODEL_CODE_SCHEMA}
+PATH_SCHEMAS = {
+    "mac_address": MAC_SCHEMA,
+    "version": VERSION_SCHEMA,
+    "change_id": VERSION_SCHEMA,  # a bulk change's id is made as a version's (bulk.new_change_id)
+    "code": MODEL_CODE_SCHEMA,
+}
 # A PATCH body is one of two patch documents, each under its own media type.
 PATCH_BODIES = {MERGE_PATCH: MergePatchRequest, JSON_PATCH: JsonPatchRequest}
 

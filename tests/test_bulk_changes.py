@@ -541,3 +541,5 @@ async def test_put_patch_and_delete_on_the_changes_path_are_405(client: Client) 
         assert response.status_code == 405, method
         assert (await response.get_json())["code"] == "METHOD_NOT_ALLOWED"
         assert response.headers["Allow"] == "GET, HEAD, OPTIONS, POST"
+    options = await client.options("/api/configs/changes")
+    assert options.headers["Allow"] == "GET, HEAD, OPTIONS, POST"  # not the <mac_address> routes'

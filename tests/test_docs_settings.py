@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / ".env.example", *sorted((ROOT / "docs").glob("*.md"))]
 # Upper-case names in the docs that are not settings, and what they are.
 NOT_SETTINGS = {
+    "WRITES_AT_ONCE": "a constant of quart_iot/store/bulkchanges.py: devices written at once",
     "BACKUP_DIR": "a variable of OPERATIONS.md's backup commands",
     "CAP_DAC_OVERRIDE": "a Linux capability",
     "CAP_DAC_READ_SEARCH": "a Linux capability",

@@ -33,15 +33,17 @@ CONFIG = schemathesis.Config.from_dict(
         "operations": [
             {
                 # A filter is any string to the OpenAPI document (RQL's grammar is no JSON
-                # Schema): one that is no RQL is a 400 INVALID_FILTER, as API.md says.
-                "include-path": "/api/configs",
-                "include-method": "GET",
+                # Schema): one that is no RQL is a 400 INVALID_FILTER, as API.md says, in a
+                # search and in a bulk change alike.
+                "include-path": path,
+                "include-method": method,
                 "checks": {
                     "positive_data_acceptance": {
                         "expected-statuses": ["2xx", "304", "400", "404", "409", "412", "422"]
                     },
                 },
             }
+            for path, method in (("/api/configs", "GET"), ("/api/configs/changes", "POST"))
         ],
     }
 )

@@ -46,10 +46,18 @@ async def not_a_device() -> None:
         raise MethodNotAllowed(valid_methods=sorted(ALLOWED))
 
 
+@blueprint.after_app_request
+async def changes_allow(response: Response) -> Response:
+    """OPTIONS on /api/configs/changes lists only what it answers."""
+    if request.method == "OPTIONS" and request.path == CHANGES:
+        response.headers["Allow"] = ", ".join(sorted(ALLOWED))
+    return response
+
+
 @blueprint.post(CHANGES)
 @validate_request(ChangeRequest)
 @document_response(ChangeResult)
-@document_errors(400, 422, 503)
+@document_errors(400, 415, 422, 503)
 async def make_change(data: ChangeRequest) -> Response:
     """Apply a JSON merge patch to every device the filter selects, each device its own
     conditional write (`conflict`: written by someone else meanwhile, left alone), validated
