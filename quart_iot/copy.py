@@ -1,12 +1,15 @@
-"""`python -m quart_iot copy --from SRC --to DST [--history] [--dry-run]`: every document from
-one store into another, bytes and ETags kept (and with --history every kept version, ids and
-subjects kept). SRC and DST are each a directory or a postgresql:// URL: the Flask version's
-directory into PostgreSQL, a PostgreSQL store backed up into a plain directory, and back.
+"""`python -m quart_iot copy --from SRC --to DST [--history] [--dry-run]`: every device model
+and every document from one store into another, bytes and ETags kept (and with --history every
+kept version, ids and subjects kept). SRC and DST are each a directory or a postgresql:// URL:
+the Flask version's directory into PostgreSQL, a PostgreSQL store backed up into a plain
+directory, and back.
 
-Idempotent: what the target already holds (the same ETag, a version with the same id) is left
-alone, so a second run copies nothing and says so. A file that is not a document (bad JSON, a
-bad name, a directory, a temp file) is listed and skipped, never fatal. One summary line ends
-the run. The directory is read with the directory store's own blocking functions."""
+Idempotent: what the target already holds (a model or document with the same ETag, a version
+with the same id) is left alone, so a second run copies nothing and says so. A file that is
+not a model or document (bad JSON, a bad name, a directory, a temp file) is listed and
+skipped, never fatal. One summary line ends the run. The directory is read with the directory
+store's own blocking functions. A copy is no write through the service: documents are not
+validated against their models on the way (as a restore is not)."""
 
 import argparse
 import asyncio
@@ -22,8 +25,9 @@ from typing import Protocol, TypeVar
 import asyncpg
 
 from quart_iot.documents import InvalidJson, etag_of, parse_document
-from quart_iot.errors import ApiError, StorageUnavailable
+from quart_iot.errors import ApiError, ModelUnreadable, StorageUnavailable
 from quart_iot.settings import check_database_url
+from quart_iot.store.devicemodels import StoredModel
 from quart_iot.store.directory.files import (
     CONFIG_NAME,
     HISTORY_NAME,
@@ -33,6 +37,7 @@ from quart_iot.store.directory.files import (
     Directory,
     Unusable,
 )
+from quart_iot.store.directory.models import MODEL_FILE, MODEL_TEMP
 from quart_iot.store.directory.versions import Shelves, Version
 from quart_iot.store.postgres import transfer
 from quart_iot.store.postgres.database import UNAVAILABLE, Database, Limits, reason_of
@@ -42,6 +47,18 @@ from quart_iot.store.records import summary_json
 
 MAX_BYTES = 64 * 1024 * 1024  # MAX_CONTENT_LENGTH's largest: nothing a service can read is left
 BATCH = 500  # versions written into PostgreSQL per transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A device model: `.models/<code>.json`'s bytes, or a `device_models` row's."""
+
+    code: str
+    data: bytes
+
+    @property
+    def etag(self) -> str:
+        return etag_of(self.data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +88,8 @@ class Skipped:
     reason: str
 
 
-Item = Document | Kept | Skipped
+Item = Model | Document | Kept | Skipped
+Copied = Model | Document | Kept
 K = TypeVar("K", Document, Kept)
 R = TypeVar("R")
 
@@ -84,14 +102,30 @@ class CopyError(Exception):
         self.code = code
 
 
+@dataclass
+class Held:
+    """What a store holds: ETags by model code and by MAC, and (MAC, version id) pairs."""
+
+    models: dict[str, str] = field(default_factory=dict)
+    etags: dict[str, str] = field(default_factory=dict)
+    versions: set[tuple[str, str]] = field(default_factory=set)
+
+    def holds(self, item: Copied) -> bool:
+        if isinstance(item, Model):
+            return self.models.get(item.code) == item.etag
+        if isinstance(item, Document):
+            return self.etags.get(item.mac) == item.etag
+        return (item.mac, item.id) in self.versions
+
+
 class Store(Protocol):
     def items(self, history: bool) -> AsyncIterator[Item]:
-        """Each device's versions (oldest first, with `history`), then its document."""
+        """The device models; then each device's versions (oldest first, with `history`), then
+        its document."""
 
-    async def held(self) -> tuple[dict[str, str], set[tuple[str, str]]]:
-        """What the store holds: ETags by MAC, and (MAC, version id) pairs."""
+    async def held(self) -> Held: ...
 
-    async def put(self, item: Document | Kept) -> None: ...
+    async def put(self, item: Copied) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -118,7 +152,7 @@ class Tally:
 
 def _amounts(counts: Counter[str]) -> str:
     parts = [f"{counts[kind]} {kind}{'s' if counts[kind] != 1 else ''}"
-             for kind in ("document", "version") if counts[kind]]  # fmt: skip
+             for kind in ("model", "document", "version") if counts[kind]]  # fmt: skip
     return " and ".join(parts)
 
 
@@ -130,6 +164,7 @@ class DirectoryStore:
 
     def __init__(self, path: Path) -> None:
         self.directory = Directory(path, MAX_BYTES)
+        self.models = Directory(path / MODELS_NAME, MAX_BYTES, MODEL_TEMP)
         self.shelves = Shelves(self.directory)
 
     async def _blocking(self, func: Callable[..., R], *args: object) -> R:
@@ -140,6 +175,8 @@ class DirectoryStore:
             raise CopyError(f"{self.directory.path}: {error.strerror or error}", 1) from None
 
     async def items(self, history: bool) -> AsyncIterator[Item]:
+        for model in await self._blocking(self._models):
+            yield model
         found, skipped = await self._blocking(self._scan)
         for item in skipped:
             yield item
@@ -163,6 +200,30 @@ class DirectoryStore:
                     skipped.append(Skipped(entry.name, reason))
         return macs, skipped
 
+    def _models(self) -> list[Model | Skipped]:
+        if not self.models.path.is_dir():
+            return []
+        found: list[Model | Skipped] = []
+        for name in sorted(os.listdir(self.models.path)):
+            shown = f"{MODELS_NAME}/{name}"
+            if MODEL_TEMP.fullmatch(name):
+                found.append(Skipped(shown, "a temp file of an interrupted write"))
+            elif not MODEL_FILE.fullmatch(name):
+                found.append(Skipped(shown, "not named <code>.json"))
+            else:
+                found.append(self._model(name[:-5], shown))
+        return found
+
+    def _model(self, code: str, shown: str) -> Model | Skipped:
+        try:
+            _, data = self.models.read(f"{code}.json")
+            StoredModel.of_bytes(code, data)
+        except Unusable as error:
+            return Skipped(shown, f"not a readable file ({error.reason})")
+        except ModelUnreadable:
+            return Skipped(shown, "not a device model")
+        return Model(code, data)
+
     def _document(self, mac: str) -> Document | Skipped:
         name = f"{mac}.json"
         try:
@@ -185,28 +246,34 @@ class DirectoryStore:
                 found.append(_checked(kept, name))
         return found
 
-    async def held(self) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    async def held(self) -> Held:
         return await self._blocking(self._held)
 
-    def _held(self) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    def _held(self) -> Held:
+        held = Held()
         if not self.directory.path.exists():
-            return {}, set()
-        etags = {}
+            return held
+        for model in self._models():
+            if isinstance(model, Model):
+                held.models[model.code] = model.etag
         macs, _ = self._scan()
         for mac in macs:
             with contextlib.suppress(Unusable):
-                etags[mac] = etag_of(self.directory.read(f"{mac}.json")[1])
-        versions: set[tuple[str, str]] = set()
+                held.etags[mac] = etag_of(self.directory.read(f"{mac}.json")[1])
         for mac in self.shelves.macs():
             with self.shelves.opened(mac) as shelf:
-                versions.update((mac, version.id) for version in shelf.versions)
-        return etags, versions
+                held.versions.update((mac, version.id) for version in shelf.versions)
+        return held
 
-    async def put(self, item: Document | Kept) -> None:
+    async def put(self, item: Copied) -> None:
         await self._blocking(self._put, item)
 
-    def _put(self, item: Document | Kept) -> None:
+    def _put(self, item: Copied) -> None:
         self.directory.path.mkdir(parents=True, exist_ok=True)
+        if isinstance(item, Model):
+            self.models.path.mkdir(exist_ok=True)
+            self._install(item.data, f"{item.code}.json", None, self.models)
+            return
         if isinstance(item, Document):
             self._install(item.data, f"{item.mac}.json", None)
             return
@@ -218,17 +285,23 @@ class DirectoryStore:
             self._install(item.data, version.name, shelf.fd)
             os.fsync(shelf.fd)
 
-    def _install(self, data: bytes, name: str, shelf: int | None) -> None:
-        """Durably, atomically: a temp file, fsynced, renamed in place."""
-        temp, fd = self.directory.write_temp(name, data)
+    def _install(
+        self, data: bytes, name: str, shelf: int | None, into: Directory | None = None
+    ) -> None:
+        """Durably, atomically: a temp file, fsynced, renamed in place (in a shelf, or in
+        `into`: the documents' directory unless said)."""
+        directory = into or self.directory
+        temp, fd = directory.write_temp(name, data)
         try:
-            os.rename(temp, name if shelf is not None else self.directory / name,
+            os.rename(temp, name if shelf is not None else directory / name,
                       dst_dir_fd=shelf)  # fmt: skip
         finally:
             os.close(fd)
-            self.directory.discard_temp(temp)
+            directory.discard_temp(temp)
 
     async def close(self) -> None:
+        if self.models.path.exists():
+            await self._blocking(self.models.fsync)
         if self.directory.path.exists():
             await self._blocking(self.directory.fsync)
 
@@ -236,7 +309,7 @@ class DirectoryStore:
 def _odd(entry: os.DirEntry[str]) -> str | None:
     """Why a directory entry is not a document ('' for the store's own entries, None for a
     document's name)."""
-    if entry.name in (HISTORY_NAME, LOCK_NAME, MODELS_NAME):  # device models: not copied yet
+    if entry.name in (HISTORY_NAME, LOCK_NAME, MODELS_NAME):
         return ""
     if TEMP_NAME.fullmatch(entry.name):
         return "a temp file of an interrupted write"
@@ -283,6 +356,8 @@ class DatabaseStore:
 
     async def items(self, history: bool) -> AsyncIterator[Item]:
         async with self.conn.transaction(isolation="repeatable_read", readonly=True):
+            for row in await self.conn.fetch(transfer.MODELS):
+                yield Model(row["code"], row["data"])
             rows = await self.conn.fetch(transfer.DOCUMENTS)
             documents = deque(Document(row["mac"], row["data"]) for row in rows)
             if history:  # a device's versions first, then its document
@@ -294,12 +369,17 @@ class DatabaseStore:
             for document in documents:
                 yield document
 
-    async def held(self) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    async def held(self) -> Held:
         if not self.known:
-            return {}, set()
-        return await transfer.etags(self.conn), await transfer.version_ids(self.conn)
+            return Held()
+        models = {row["code"]: row["etag"] for row in await self.conn.fetch(transfer.MODEL_ETAGS)}
+        etags, versions = await transfer.etags(self.conn), await transfer.version_ids(self.conn)
+        return Held(models, etags, versions)
 
-    async def put(self, item: Document | Kept) -> None:
+    async def put(self, item: Copied) -> None:
+        if isinstance(item, Model):  # read at each validated write: no cache to tell
+            await self.conn.execute(transfer.PUT_MODEL, item.code, item.data, item.etag)
+            return
         summary = summary_json(item.mac, parse_document(item.data))
         if isinstance(item, Kept):  # written in batches: versions touch no live row
             subject = item.subject.encode("utf-8", "replace") if item.subject is not None else None
@@ -334,26 +414,20 @@ class DatabaseStore:
 async def copy(source: Store, target: Store, history: bool, dry_run: bool) -> Tally:
     """Everything of `source` that `target` does not hold yet; each skip printed."""
     tally = Tally()
-    etags, versions = await target.held()
+    held = await target.held()
     async for item in source.items(history):
         if isinstance(item, Skipped):
             print(f"skipped {item.name}: {item.reason}")
             tally.skipped[item.reason] += 1
             continue
-        kind = "document" if isinstance(item, Document) else "version"
-        if _held(item, etags, versions):
+        kind = {Model: "model", Document: "document", Kept: "version"}[type(item)]
+        if held.holds(item):
             tally.unchanged[kind] += 1
             continue
         if not dry_run:
             await target.put(item)
         tally.copied[kind] += 1
     return tally
-
-
-def _held(item: Document | Kept, etags: dict[str, str], versions: set[tuple[str, str]]) -> bool:
-    if isinstance(item, Document):
-        return etags.get(item.mac) == item.etag
-    return (item.mac, item.id) in versions
 
 
 async def open_store(location: str, target: bool, dry_run: bool) -> Store:
@@ -391,7 +465,8 @@ async def run(args: argparse.Namespace) -> str:
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m quart_iot copy",
-        description="Copy every document between stores (a directory or a postgresql:// URL).",
+        description="Copy every device model and document between stores (a directory or a "
+        "postgresql:// URL).",
     )
     parser.add_argument("--from", dest="source", required=True, help="directory or URL")
     parser.add_argument("--to", dest="target", required=True, help="directory or URL")

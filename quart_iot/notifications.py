@@ -146,9 +146,9 @@ class Notifications:
             log.warning("MQTT queue full (%d): notification for %s dropped", self.queue_size, mac)
             return
         self._pending[mac] = None
-        self._changed()
+        self._queue_resized()
 
-    def _changed(self) -> None:
+    def _queue_resized(self) -> None:
         self.queued_gauge.set({}, self.queued)
         if self.queued:
             self._empty.clear()
@@ -159,7 +159,7 @@ class Notifications:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        self._changed()
+        self._queue_resized()
         self._runner = asyncio.create_task(self._run_forever())
 
     async def _stop(self) -> None:
@@ -238,7 +238,7 @@ class Notifications:
             finally:
                 self.in_flight = None
             self.publishes.inc({"status": "published"})  # acknowledged (PUBACK)
-            self._changed()
+            self._queue_resized()
 
 
 def payload(mac: str) -> bytes:

@@ -30,6 +30,19 @@ CONFIG = schemathesis.Config.from_dict(
             },
         },
         "generation": {"max-examples": MAX_EXAMPLES},
+        "operations": [
+            {
+                # A filter is any string to the OpenAPI document (RQL's grammar is no JSON
+                # Schema): one that is no RQL is a 400 INVALID_FILTER, as API.md says.
+                "include-path": "/api/configs",
+                "include-method": "GET",
+                "checks": {
+                    "positive_data_acceptance": {
+                        "expected-statuses": ["2xx", "304", "400", "404", "409", "412", "422"]
+                    },
+                },
+            }
+        ],
     }
 )
 

@@ -67,7 +67,7 @@ async def test_openapi_documents_device_models_and_patch(client: Client) -> None
     schema = violations["content"]["application/json"]["schema"]
     assert set(schema["properties"]) == {"code", "checked", "devices", "count"}
     assert "DeviceModelNonconforming" in json.dumps(schema)
-    assert "device_model" in document["components"]["schemas"]["ConfigSummary"]["properties"]
+    assert "device_model" in document["components"]["schemas"]["ConfigListEntry"]["properties"]
     restore = paths["/api/configs/{mac_address}/history/{version}/restore"]["post"]
     assert "Schema-Violations" in restore["responses"]["200"]["headers"]
 

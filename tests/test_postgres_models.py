@@ -43,9 +43,9 @@ def old_summary(mac: str, content: dict[str, Any]) -> bytes:
 
 
 async def test_the_migration_gives_every_stored_summary_its_device_model(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    pg_empty_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    conn = await asyncpg.connect(pg_url)
+    conn = await asyncpg.connect(pg_empty_url)
     try:
         monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:2])
         assert await schema.migrate(conn) == 2  # a database before device models
@@ -85,13 +85,27 @@ def test_the_generated_column_uses_the_rule_of_the_directory_store() -> None:
     assert re.compile(MODEL_IN_SUMMARY)
 
 
-def test_copy_takes_the_models_directory_for_the_store_s_own(
+def test_copy_takes_the_device_models_there_and_back(
     tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = tmp_path / "configs"
     (source / ".models").mkdir(parents=True)
-    (source / ".models" / "relay.json").write_text('{"name": "Relay", "configSchema": null}')
+    relay = b'{\n  "name": "Relay",\n  "configSchema": {"type": "object"}\n}\n'  # as edited by hand
+    (source / ".models" / "relay.json").write_bytes(relay)
+    (source / ".models" / "Bad Name.json").write_text('{"name": "x", "configSchema": null}')
+    (source / ".models" / "broken.json").write_text('{"name": 1}')
     write_config(source, MAC, {"deviceModel": "relay"})
     assert copy_main(["--from", str(source), "--to", pg_url]) == 0
-    output = capsys.readouterr().out.strip().splitlines()
-    assert output == ["copied 1 documents; nothing unchanged"]  # no line about .models
+    assert capsys.readouterr().out.strip().splitlines() == [
+        "skipped .models/Bad Name.json: not named <code>.json",
+        "skipped .models/broken.json: not a device model",
+        "copied 1 model and 1 document; nothing unchanged; skipped 2 (not a device model: 1, "
+        "not named <code>.json: 1)",
+    ]
+    back = tmp_path / "back"
+    assert copy_main(["--from", pg_url, "--to", str(back)]) == 0
+    assert (back / ".models" / "relay.json").read_bytes() == relay
+    assert sorted(p.name for p in (back / ".models").iterdir()) == ["relay.json"]
+    capsys.readouterr()
+    assert copy_main(["--from", str(back), "--to", pg_url]) == 0  # a second run: all held
+    assert capsys.readouterr().out.strip() == "nothing to copy: 1 model and 1 document unchanged"

@@ -159,7 +159,7 @@ class Index:
                 # A name saved after the scan began may be missing from it: not gone.
                 if self._entries[name].read_at < started:
                     if self._entries.pop(name).etag is not None:
-                        self._changed(name)
+                        self._note_change(name)
                         self._saw_change(name, None)
                     self._body = None
             self._scanned_at = started
@@ -303,7 +303,7 @@ class Index:
             if old is None or old.summary_json != entry.summary_json:
                 self._body = None
             if (old.etag if old else None) != entry.etag:
-                self._changed(name)
+                self._note_change(name)
         # Before the first scan, a name new to the index is news only when we wrote it.
         news = old is not None or self._primed or written
         if news and (old.etag if old else None) != entry.etag:
@@ -323,7 +323,7 @@ class Index:
             if old is not None and old.summary_json:
                 self._body = None
             if old is not None and old.etag is not None:
-                self._changed(name)
+                self._note_change(name)
         if old is not None and old.etag is not None:
             self._saw_change(name, None)
 
@@ -350,7 +350,7 @@ class Index:
                 return self._generation, None
             return self._generation, set(itertools.islice(reversed(self._changes), behind))
 
-    def _changed(self, name: str) -> None:
+    def _note_change(self, name: str) -> None:
         """Under `_lock`: a name's ETag changed (it came, went, or holds other bytes)."""
         self._generation += 1
         self._changes.append(name)

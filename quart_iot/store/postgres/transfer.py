@@ -14,6 +14,12 @@ from quart_iot.store.postgres.database import Connection
 
 ETAGS = "SELECT mac, etag FROM configs"
 VERSION_IDS = "SELECT mac, id FROM config_versions"
+MODELS = "SELECT code, data FROM device_models ORDER BY code"
+MODEL_ETAGS = "SELECT code, etag FROM device_models"
+PUT_MODEL = """
+INSERT INTO device_models (code, data, etag) VALUES ($1, $2, $3)
+ON CONFLICT (code) DO UPDATE SET data = excluded.data, etag = excluded.etag
+"""
 DOCUMENTS = "SELECT mac, data, etag FROM configs ORDER BY mac"
 VERSIONS = "SELECT mac, id, change, data, etag, subject FROM config_versions ORDER BY mac, id"
 LOCK_DOCUMENT = "SELECT FROM configs WHERE mac = $1 FOR UPDATE"
