@@ -285,10 +285,8 @@ async def test_an_answer_too_far_behind_is_evaluated_afresh_on_the_directory(
 
 
 async def test_an_answer_too_far_behind_is_evaluated_afresh_on_postgresql(
-    client: Client, pg_url: str, backend: str
+    client: Client, pg_url: str
 ) -> None:
-    if backend != "postgres":
-        pytest.skip("about the PostgreSQL change feed")
     assert await selected(client, RELAYS) == []
     await put(client, MAC, {"deviceModel": "relay_board"})
     await put(client, OTHER_MAC, {"deviceModel": "plug"})
