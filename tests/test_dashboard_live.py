@@ -4,6 +4,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,23 @@ def traffic(server: Server, running: threading.Event) -> None:
             time.sleep(0.05)
 
 
+@contextmanager
+def scraped_under_traffic(base: Path, server: Server) -> Iterator[Prometheus]:
+    """A real Prometheus scraping `server` while a thread sends it traffic."""
+    prometheus = Prometheus(base, server)
+    running = threading.Event()
+    running.set()
+    sender = threading.Thread(target=traffic, args=(server, running))
+    sender.start()
+    try:
+        prometheus.start()
+        yield prometheus
+    finally:
+        running.clear()
+        sender.join()
+        prometheus.stop()
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Prometheus]]:
     base = tmp_path_factory.mktemp("live")
@@ -133,19 +151,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pro
     configs.mkdir()
     (configs / f"{OTHER_MAC}.json").write_text('{"deviceName": "Gate"}')
     # MQTT on, with nothing listening on the port: a broker outage, so the MQTT row has values.
-    with running_server(configs, MQTT_URL=f"mqtt://127.0.0.1:{free_port()}") as server:
-        prometheus = Prometheus(base, server)
-        running = threading.Event()
-        running.set()
-        sender = threading.Thread(target=traffic, args=(server, running))
-        sender.start()
-        try:
-            prometheus.start()
-            yield server, prometheus
-        finally:
-            running.clear()
-            sender.join()
-            prometheus.stop()
+    with (
+        running_server(configs, MQTT_URL=f"mqtt://127.0.0.1:{free_port()}") as server,
+        scraped_under_traffic(base, server) as prometheus,
+    ):
+        yield server, prometheus
 
 
 def silent(prometheus: Prometheus, chosen: list[Panel]) -> list[str]:
@@ -191,18 +201,8 @@ def live_postgres(
     env = {"DATABASE_URL": pg_cluster.url("live_dashboard"), "DB_TIMEOUT": "0.5"}
     with running_server(base, MQTT_URL=f"mqtt://127.0.0.1:{free_port()}", **env) as server:
         httpx.put(f"{server.url}/api/configs/{OTHER_MAC}", json={"content": {"deviceName": "G"}})
-        prometheus = Prometheus(base, server)
-        running = threading.Event()
-        running.set()
-        sender = threading.Thread(target=traffic, args=(server, running))
-        sender.start()
-        try:
-            prometheus.start()
+        with scraped_under_traffic(base, server) as prometheus:
             yield server, prometheus
-        finally:
-            running.clear()
-            sender.join()
-            prometheus.stop()
     pg_admin.execute_later("DROP DATABASE IF EXISTS live_dashboard WITH (FORCE)")
 
 
