@@ -114,12 +114,9 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.hookimpl(tryfirst=True)  # before the fixture's own parameters are applied
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test that needs the directory's files (`configs_dir`, asked for directly or by a
-    fixture it uses) is collected for the directory store alone, one that reads its database
-    (`pg_url`) for PostgreSQL alone: no case that would only skip."""
+    fixture it uses) is collected for the directory store alone."""
     if "configs_dir" in metafunc.fixturenames and "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", ["directory"])
-    elif "pg_url" in metafunc.fixturenames and "backend" in metafunc.fixturenames:
-        metafunc.parametrize("backend", ["postgres"])  # reads the test's database itself
 
 
 @pytest.fixture(params=BACKENDS)
