@@ -7,7 +7,7 @@ from quart_cors import cors
 
 from quart_iot.apidocs import ApiDocs
 from quart_iot.audit import Audit
-from quart_iot.blueprints import configs, health, history, models
+from quart_iot.blueprints import changes, configs, health, history, models
 from quart_iot.correlation import HEADER, CorrelationIds
 from quart_iot.errors import register_error_handlers
 from quart_iot.hosts import AllowedHosts, HostCheckedQuart
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     GracefulStop(settings.shutdown_timeout).init_app(app)
     Waiting(settings).init_app(app)
     register_error_handlers(app)
+    app.register_blueprint(changes.blueprint)
     app.register_blueprint(configs.blueprint)
     app.register_blueprint(history.blueprint)
     app.register_blueprint(models.blueprint)

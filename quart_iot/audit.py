@@ -20,6 +20,7 @@ METHODS = {
     "restore": "POST",
     "save_model": "PUT",
     "delete_model": "DELETE",
+    "bulk_change": "POST",  # one line per device a bulk change (or its revert) wrote
 }
 
 

@@ -5,9 +5,11 @@ A change is written as: journal `running` (every device planned: the ETag it rea
 ETag its write will give, the document before) -> one conditional write per device (If-Match
 the ETag read, the change's id kept with the version) -> journal `completed` with each
 outcome. Whatever stops it, each device is at the ETag before or the ETag after (or at
-another writer's, a conflict), and `recover` tells which from the ETags alone (an ETag is
-the hash of the stored bytes, so the one a write will give is known before it is made). The
-routes and the store calls that use these come with the second part of issue 21.
+another writer's, a conflict), and `recover` tells which: from the versions carrying the
+change's id in the device's history (changed, whatever happened since), else from the ETags
+(an ETag is the hash of the stored bytes, so the one a write will give is known before it is
+made). Stores keep the journal without the documents before (`without_befores`), those apart
+(`befores`): a revert alone reads them. quart_iot/store/bulkchanges.py carries changes out.
 """
 
 import secrets
@@ -20,26 +22,10 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from quart_iot.documents import Document, dump_document, etag_of
-from quart_iot.patch import Operation, make_patch
+from quart_iot.patch import Operation, make_patch, merge_patch
 
 DeviceStatus = Literal["changed", "unchanged", "conflict", "invalid", "not_applied"]
 ChangeState = Literal["running", "completed", "interrupted"]
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7396 (section 2): objects merge key by key, null removes, anything else replaces.
-
-    TODO(lead): the models branch brings the merge patch to quart_iot/patch.py; use that one
-    and drop this (tests/test_bulk.py runs RFC 7396's examples against whichever is used)."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,22 +38,20 @@ class DevicePlan:
     after: Document
     stored_after: bytes  # the bytes the write stores (dump_document of `after`)
     diff: list[Operation]  # RFC 6902, before -> after: what a dry run shows
+    # Whether there is anything to write: a patch that changes nothing writes nothing.
+    changes: bool
 
     @property
     def etag_after(self) -> str:
         """The ETag the device has once written (the same on every store: it is the bytes')."""
         return etag_of(self.stored_after)
 
-    @property
-    def changes(self) -> bool:
-        """Whether there is anything to write: a patch that changes nothing writes nothing."""
-        return self.stored_after != dump_document(self.before)
-
 
 def plan_device(mac: str, content: Document, etag: str, target: Document) -> DevicePlan:
     """The plan that takes a device from `content` (read with `etag`) to `target`."""
     stored = dump_document(target)
-    return DevicePlan(mac, etag, content, target, stored, make_patch(content, target))
+    diff = make_patch(content, target)
+    return DevicePlan(mac, etag, content, target, stored, diff, stored != dump_document(content))
 
 
 def plan_change(devices: Iterable[tuple[str, Document, str]], patch: Document) -> list[DevicePlan]:
@@ -84,7 +68,9 @@ class JournalEntry(BaseModel):
     mac: str
     etag_before: str
     etag_after: str
-    before: Document  # what a revert writes back
+    # What a revert writes back: stores keep it apart from the record (`without_befores`),
+    # read only by a revert.
+    before: Document | None = None
     status: DeviceStatus | None  # None: not decided yet (being written, or interrupted)
     etag: str | None = None  # the device's ETag when decided (a conflict: the other writer's)
     violations: list[dict[str, Any]] | None = None
@@ -171,13 +157,22 @@ def complete(journal: Journal) -> Journal:
     return journal.model_copy(update={"state": "completed", "completed_at": datetime.now(UTC)})
 
 
-def recover(journal: Journal, current: Mapping[str, str | None]) -> Journal:
-    """What an interrupted change did, from each undecided device's ETag now (None: gone):
-    the ETag it would write -> changed; the ETag it read -> not_applied; any other -> conflict
-    (someone else wrote it; the change may have written it before, but it is not the
-    change's any more)."""
+def recover(
+    journal: Journal,
+    current: Mapping[str, str | None],
+    written: Mapping[str, str] | None = None,
+) -> Journal:
+    """What an interrupted change did. `written`: the devices whose history keeps a version
+    carrying the change's id (by MAC, that version's ETag): changed, whatever happened since.
+    Else from each undecided device's ETag now (None: gone): the ETag it would write ->
+    changed; the ETag it read -> not_applied; any other -> conflict (someone else wrote it)."""
+    made = written or {}
     entries = [
-        entry if entry.status is not None else _decided(entry, current.get(entry.mac))
+        entry
+        if entry.status is not None
+        else entry.model_copy(update={"status": "changed", "etag": made[entry.mac]})
+        if entry.mac in made
+        else _decided(entry, current.get(entry.mac))
         for entry in journal.devices
     ]
     return journal.model_copy(
@@ -197,17 +192,32 @@ def _decided(entry: JournalEntry, etag: str | None) -> JournalEntry:
 
 
 def plan_revert(
-    journal: Journal, current: Mapping[str, tuple[Document, str]]
+    journal: Journal,
+    current: Mapping[str, tuple[Document, str]],
+    befores: Mapping[str, Document] | None = None,
 ) -> tuple[list[DevicePlan], list[str]]:
     """The plans that put back each device the change wrote, if it is still at the version
-    the change wrote; and the MACs that are not (written since, or gone): conflicts."""
+    the change wrote; and the MACs that are not (written since, or gone): conflicts. The
+    documents before come from `befores` (by MAC) or else from the journal's entries."""
     plans, conflicts = [], []
     for entry in journal.devices:
         if entry.status != "changed":
             continue
         found = current.get(entry.mac)
-        if found is None or found[1] != entry.etag_after:
+        before = (befores or {}).get(entry.mac, entry.before)
+        if found is None or found[1] != entry.etag_after or before is None:
             conflicts.append(entry.mac)
         else:
-            plans.append(plan_device(entry.mac, found[0], found[1], entry.before))
+            plans.append(plan_device(entry.mac, found[0], found[1], before))
     return plans, conflicts
+
+
+def without_befores(journal: Journal) -> Journal:
+    """The record as stores keep it, the documents before kept apart (`befores`)."""
+    devices = [entry.model_copy(update={"before": None}) for entry in journal.devices]
+    return journal.model_copy(update={"devices": devices})
+
+
+def befores(journal: Journal) -> dict[str, Document]:
+    """The documents a revert writes back, by MAC."""
+    return {e.mac: e.before for e in journal.devices if e.before is not None}

@@ -29,6 +29,7 @@ from quart_iot.errors import ApiError, ModelUnreadable, StorageUnavailable
 from quart_iot.settings import check_database_url
 from quart_iot.store.devicemodels import StoredModel
 from quart_iot.store.directory.files import (
+    CHANGES_NAME,
     CONFIG_NAME,
     HISTORY_NAME,
     LOCK_NAME,
@@ -309,7 +310,8 @@ class DirectoryStore:
 def _odd(entry: os.DirEntry[str]) -> str | None:
     """Why a directory entry is not a document ('' for the store's own entries, None for a
     document's name)."""
-    if entry.name in (HISTORY_NAME, LOCK_NAME, MODELS_NAME):
+    # Bulk change records are not copied (their versions' changeId neither).
+    if entry.name in (HISTORY_NAME, LOCK_NAME, MODELS_NAME, CHANGES_NAME):
         return ""
     if TEMP_NAME.fullmatch(entry.name):
         return "a temp file of an interrupted write"

@@ -423,3 +423,41 @@ def register_error_handlers(app: Quart) -> None:
     app.register_error_handler(RequestSchemaValidationError, _validation_error)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, _unexpected_error)
+
+
+class InvalidChangeId(ApiError):
+    status, code = 400, "INVALID_OPERATION"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Invalid change id: expected the id of a bulk change, like 1767225600000000000-0a1b2c3d"
+        )
+
+
+class ChangeNotFound(ApiError):
+    status, code = 404, "RECORD_NOT_FOUND"
+
+    def __init__(self, change_id: str) -> None:
+        super().__init__(f"Bulk change {change_id} was not found")
+
+
+class TooManyDevices(ApiError):
+    """A bulk change whose filter selects more devices than MAX_BULK_DEVICES: nothing written."""
+
+    status, code = 422, "TOO_MANY_DEVICES"
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(
+            f"The filter selects {count} devices, more than a bulk change may change at once "
+            f"({limit}, MAX_BULK_DEVICES): narrow the filter, or change them in several steps",
+            {"count": count, "limit": limit},
+        )
+
+
+class ChangeRunning(ApiError):
+    """A revert of a bulk change that has not ended yet."""
+
+    status, code = 409, "CHANGE_RUNNING"
+
+    def __init__(self, change_id: str) -> None:
+        super().__init__(f"Bulk change {change_id} is still running: revert it once it ended")

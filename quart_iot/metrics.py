@@ -15,7 +15,7 @@ from quart_iot.errors import StorageUnavailable
 from quart_iot.procstats import read_process_stats
 from quart_iot.store import StorageStats, current_store
 
-CONFIG_BLUEPRINTS = frozenset({"configs", "history", "models"})
+CONFIG_BLUEPRINTS = frozenset({"configs", "history", "models", "changes"})
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Every label has a fixed set of values: any other method a client invents is "other".
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -171,6 +171,11 @@ class HistoryVersion(ConfigSummary):
         "of whoever deleted it); null when access control was off or the file was edited "
         "outside the service"
     )
+    changeId: str | None = Field(  # noqa: N815 - the issue's name
+        default=None,
+        description="The bulk change that wrote this version (GET /api/configs/changes/<id>); "
+        "null for a write of its own",
+    )
 
 
 class HistoryList(BaseModel):
@@ -544,4 +549,33 @@ class ChangeList(BaseModel):
     """Recent changes, newest first."""
 
     changes: list[ChangeSummary]
-    count: int
+    count: int = Field(description="The changes on this page")
+    next: str | None = Field(
+        description="The cursor of the next (older) page: pass it as `?before=`; null on the "
+        "last page"
+    )
+
+
+CHANGES_PAGE = 20
+CHANGES_PAGE_MAX = 100
+
+
+class ChangeListQuery(BaseModel):
+    """Which page of the recent changes: at most `limit`, older than change `before`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=CHANGES_PAGE, ge=1, le=CHANGES_PAGE_MAX)
+    before: str | None = Field(
+        default=None,
+        pattern=f"^{VERSION_PATTERN}$",
+        description="A change id: the page holds changes older than it",
+    )
+
+
+class RevertRequest(BaseModel):
+    """A revert's body (optional): why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str | None = Field(default=None, max_length=1000)

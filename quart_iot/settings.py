@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     # fractions.
     history_max_versions: int = Field(default=50, ge=0, le=10_000)
     history_max_days: float = Field(default=90.0, gt=0, le=36_500)
+    # A bulk change (POST /api/configs/changes) whose filter selects more devices: 422.
+    max_bulk_devices: int = Field(default=1000, ge=1, le=100_000)
     host: str = "127.0.0.1"
     port: int = Field(default=3201, ge=0, le=65535)
     log_level: str = "INFO"

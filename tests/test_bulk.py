@@ -9,7 +9,6 @@ from pydantic import ValidationError
 from quart_iot.bulk import (
     Journal,
     complete,
-    merge_patch,
     new_change_id,
     plan_change,
     plan_device,
@@ -19,6 +18,7 @@ from quart_iot.bulk import (
 )
 from quart_iot.documents import Document, dump_document, etag_of
 from quart_iot.models import ChangeRecord, ChangeRequest, ChangeResult, ChangeSummary
+from quart_iot.patch import merge_patch
 from quart_iot.rql import Filter
 from tests.rql_cases import DOCUMENTS
 

@@ -74,6 +74,7 @@ MALFORMED = {
     "LOCK_TIMEOUT": ["0", "-1", "61", "forever"],
     "HISTORY_MAX_VERSIONS": ["-1", "1.5", "many", "10001"],
     "HISTORY_MAX_DAYS": ["0", "-1", "forever", "36501"],
+    "MAX_BULK_DEVICES": ["0", "-1", "many", "100001"],
     "OIDC_ALLOW_HTTP_ISSUER": ["maybe"],
     "OIDC_ISSUER": ["keycloak.local", "http://keycloak.example/realms/iot"],
     "OIDC_AUDIENCE": [""],  # with OIDC_ISSUER set (CONTEXT)

@@ -120,6 +120,8 @@ WRITE_BODIES: dict[tuple[str, str], dict[str, Any]] = defaultdict(
     {
         ("/api/configs/<mac_address>", "PATCH"): MERGE,
         ("/api/models/<code>", "PUT"): {"json": {"name": "n", "configSchema": None}},
+        ("/api/configs/changes", "POST"): {"json": {"filter": "exists(a)", "patch": {"a": 1}}},
+        ("/api/configs/changes/<change_id>/revert", "POST"): {},
     },
 )
 
@@ -129,7 +131,8 @@ async def test_no_write_route_skips_the_stop_s_gate(app: Quart, client: Client) 
     new write route that did not go through the store's write path would be let through here."""
     await put(client, {"deviceName": "a"})
     await client.put("/api/models/m", json={"name": "m", "configSchema": None})
-    values = {"mac_address": MAC, "version": (await history(client))[0]["version"], "code": "m"}
+    version = (await history(client))[0]["version"]
+    values = {"mac_address": MAC, "version": version, "code": "m", "change_id": version}
     heard = told(ConfigStore.of(app))
     await begin_the_stop(app)
     checked = []

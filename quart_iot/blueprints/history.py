@@ -9,6 +9,7 @@ from quart_schema import document_headers, document_response, tag_blueprint, val
 from werkzeug.exceptions import NotFound
 
 from quart_iot.apidocs import document_errors
+from quart_iot.blueprints.changes import changes_path_error
 from quart_iot.blueprints.configs import detail_response, precondition, saved_response
 from quart_iot.errors import ApiError, InvalidPath, handle_api_error, handle_http_error
 from quart_iot.models import (
@@ -99,6 +100,8 @@ async def unknown_path(error: NotFound) -> Response:
 
 def wrong_part(parts: list[str]) -> ApiError:
     """The error for the first of the path's parts (after /api/configs/) that is wrong."""
+    if parts[0] == "changes":  # /api/configs/changes/<change_id>[/revert]
+        return changes_path_error(parts[1:])
     try:
         mac = canonical_mac(parts[0])
         if parts[1:2] != ["history"]:

@@ -13,6 +13,7 @@ the stored bytes, the JSON of a history page).
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from quart_iot.bulk import Journal
 from quart_iot.documents import Document
 from quart_iot.errors import WriteNotConfirmed
 from quart_iot.models import StorageState
@@ -183,6 +184,32 @@ class Backend(Protocol):
         with each device's `search.entry`, sorted by MAC, as of now (read-your-writes on
         every replica), from a `search.SearchCache` kept up to date by evaluating only the
         devices changed since its answer was made."""
+
+    # -- bulk changes (issue 21): their records --------------------------------------------
+    # A record is the change's Journal without the documents before (kept apart, for a
+    # revert). The process that runs a change owns it (a lock that dies with the process):
+    # a `running` record with no owner is a change its process did not finish.
+
+    async def begin_change(self, journal: Journal) -> None:
+        """Keep the record, and the documents before, durably before the first device is
+        written; this process owns the change until `end_change`. Older records past the
+        retention go."""
+
+    async def end_change(self, journal: Journal) -> None:
+        """Keep the record with every device decided (completed or interrupted), durably; the
+        change is no longer owned."""
+
+    async def change(self, change_id: str) -> tuple[Journal, bool]:
+        """A change's record, and whether a process owns it now (ChangeNotFound)."""
+
+    async def change_befores(self, change_id: str) -> dict[str, Document]:
+        """The documents a change found, by MAC: what its revert writes back."""
+
+    async def changes(self, limit: int, before: str | None) -> list[tuple[Journal, bool]]:
+        """Up to `limit` records older than change id `before`, newest first (as `change`)."""
+
+    async def change_writes(self, change_id: str) -> dict[str, str]:
+        """The devices whose history keeps a version the change wrote: that version's ETag."""
 
     # -- the change feed ---------------------------------------------------------------------
 

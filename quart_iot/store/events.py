@@ -6,7 +6,9 @@ from typing import Literal
 from quart_iot.errors import ApiError
 from quart_iot.store.backend import Deleted, DeletedModel, Saved, SavedModel, WriteMeta
 
-WriteAction = Literal["save", "patch", "delete", "restore", "save_model", "delete_model"]
+WriteAction = Literal[
+    "save", "patch", "delete", "restore", "save_model", "delete_model", "bulk_change"
+]
 Outcome = Saved | Deleted | SavedModel | DeletedModel
 MODEL_ACTIONS = frozenset({"save_model", "delete_model"})
 
@@ -40,7 +42,7 @@ class Written:
     @property
     def saved_document(self) -> bool:
         """A document was saved (PUT, PATCH, restore; unchanged bytes too): what MQTT tells."""
-        return self.applied and self.action in ("save", "patch", "restore")
+        return self.applied and self.action in ("save", "patch", "restore", "bulk_change")
 
     @classmethod
     def took_effect(

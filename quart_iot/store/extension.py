@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -56,6 +56,7 @@ from quart_iot.validation import model_code
 log = logging.getLogger(__name__)
 
 Outcome = TypeVar("Outcome", Saved, Deleted, SavedModel, DeletedModel)
+T = TypeVar("T")
 
 WRITE_END_SECONDS = 30.0  # at the end of the stop, how long writes still running are awaited
 ANYONE = WriteMeta()
@@ -84,6 +85,7 @@ class ConfigStore:
         self._writes: set[asyncio.Task[Any]] = set()  # writes in flight
         self._gave_up: asyncio.Future[None] | None = None  # done: the stop stops waiting
         self.start_refused: str | None = None  # why the store would not start (one line)
+        self.max_bulk_devices = 1000  # MAX_BULK_DEVICES: the devices one bulk change may change
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ConfigStore":
@@ -92,8 +94,11 @@ class ConfigStore:
         if settings.database_url is not None:
             from quart_iot.store.postgres import PostgresBackend  # asyncpg only when used
 
-            return cls(PostgresBackend.from_settings(settings))
-        return cls(DirectoryBackend.from_settings(settings))
+            store = cls(PostgresBackend.from_settings(settings))
+        else:
+            store = cls(DirectoryBackend.from_settings(settings))
+        store.max_bulk_devices = settings.max_bulk_devices
+        return store
 
     @classmethod
     def of(cls, app: Quart) -> "ConfigStore":
@@ -237,6 +242,30 @@ class ConfigStore:
                 continue
         raise StorageUnavailable("the device model kept changing under the write; retry")
 
+    async def change_device(self, mac: str, content: Document, etag: str, meta: WriteMeta) -> Saved:
+        """A bulk change's write of one device (`meta.change_id`): saved as a PUT is, only
+        while the device is still at `etag`, the version the change read (else 412)."""
+        mac, pinned = canonical_mac(mac), Precondition(if_match=ETags([etag]))
+        return await self._write(
+            "bulk_change", mac, meta, lambda: self._save_conforming(mac, content, pinned, meta)
+        )
+
+    async def carry_out(
+        self, target: str, meta: WriteMeta, work: Callable[[], Coroutine[Any, Any, T]]
+    ) -> T:
+        """Long work made of writes (a bulk change, `target` its path for the audit): refused
+        once the stop began (unless its request arrived before), carried out in a task of its
+        own that the stop's drain awaits, whatever its client does. Each write in it goes
+        through `_write`."""
+        if self._refuses():
+            refusal = ShuttingDown()
+            self._tell(Written.refused("bulk_change", target, meta, refusal))
+            raise refusal
+        task: asyncio.Task[T] = asyncio.get_running_loop().create_task(work())
+        self._writes.add(task)
+        task.add_done_callback(self._write_ended)
+        return await self._outcome(task)
+
     async def delete(
         self, mac: str, precondition: Precondition | None = None, meta: WriteMeta = ANYONE
     ) -> Deleted:
@@ -305,7 +334,7 @@ class ConfigStore:
         self._tell(Written.took_effect(action, meta, outcome))
         return outcome
 
-    async def _outcome(self, task: "asyncio.Task[Outcome]") -> Outcome:
+    async def _outcome(self, task: "asyncio.Task[T]") -> T:
         """The write's outcome. Cancelling the wait leaves the write running, as a stop does."""
         loop = asyncio.get_running_loop()
         if self._gave_up is None or self._gave_up.get_loop() is not loop:
@@ -395,6 +424,11 @@ class ConfigStore:
             return True
         _, running = await asyncio.wait(set(self._writes), timeout=seconds)
         return not running
+
+    @property
+    def gave_up(self) -> bool:
+        """Whether the stop stopped waiting for the writes still running."""
+        return self._gave_up is not None and self._gave_up.done()
 
     def give_up_writes(self) -> None:
         """Answer the writes still running now (the stop's deadline passed); they go on."""

@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import anyio.to_thread
 
+from quart_iot.bulk import Journal
 from quart_iot.documents import Document
 from quart_iot.errors import ApiError, StorageUnavailable
 from quart_iot.models import StorageState
@@ -36,6 +37,7 @@ from quart_iot.store.backend import (
 from quart_iot.store.devicemodels import ModelEntry, StoredModel
 from quart_iot.store.directory.batches import BatchedThreads
 from quart_iot.store.directory.catalogue import Catalogue
+from quart_iot.store.directory.changes import ChangeFiles
 from quart_iot.store.directory.files import Directory
 from quart_iot.store.directory.history import History
 from quart_iot.store.directory.index import Index
@@ -98,6 +100,8 @@ class DirectoryBackend:
         self.retention = Retention(shelves, history_max_versions, history_max_days)
         self.history = History(shelves, self.retention)
         self.catalogue = Catalogue(shelves)
+        self.change_files = ChangeFiles(self.directory, shelves)
+        self.change_outage = Outage("change records")
         self.searches = DirectorySearches(self.directory, self.index)
         self.model_files = ModelFiles(
             self.directory, self.lock, self._devices, Outage("model writes")
@@ -167,12 +171,12 @@ class DirectoryBackend:
         self, mac: str, content: Document, precondition: Precondition, meta: WriteMeta
     ) -> Saved:
         deadline = time.monotonic() + self.lock.timeout  # a wait in the queue counts too
-        write = partial(self.writer.save, mac, content, precondition, deadline, meta.subject)
+        write = partial(self.writer.save, mac, content, precondition, deadline, meta)
         return await _writes.submit(timed(write))
 
     async def delete(self, mac: str, precondition: Precondition, meta: WriteMeta) -> Deleted:
         deadline = time.monotonic() + self.lock.timeout
-        write = partial(self.writer.delete, mac, precondition, deadline, meta.subject)
+        write = partial(self.writer.delete, mac, precondition, deadline, meta)
         return await _writes.submit(timed(write))
 
     # -- history -----------------------------------------------------------------------------
@@ -205,6 +209,31 @@ class DirectoryBackend:
         except asyncio.CancelledError:
             abandoned.set()  # its client went away: the evaluation stops where it is
             raise
+
+    # -- bulk change records -----------------------------------------------------------------
+
+    async def begin_change(self, journal: Journal) -> None:
+        await _run(self._changes_io, self.change_files.begin, journal)
+
+    async def end_change(self, journal: Journal) -> None:
+        await _run(self._changes_io, self.change_files.end, journal)
+
+    async def change(self, change_id: str) -> tuple[Journal, bool]:
+        return await _run(self._changes_io, self.change_files.get, change_id)
+
+    async def change_befores(self, change_id: str) -> dict[str, Document]:
+        return await _run(self._changes_io, self.change_files.befores, change_id)
+
+    async def changes(self, limit: int, before: str | None) -> list[tuple[Journal, bool]]:
+        return await _run(self._changes_io, self.change_files.recent, limit, before)
+
+    async def change_writes(self, change_id: str) -> dict[str, str]:
+        journal, _ = await self.change(change_id)
+        return await _run(self._changes_io, self.change_files.writes, journal)
+
+    def _changes_io(self, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        with storage_errors("change records", self.change_outage):
+            return func(*args, **kwargs)
 
     # -- the change feed ---------------------------------------------------------------------
 

@@ -142,6 +142,7 @@ class Catalogue:
             "size": len(data),
             "change": version.change,
             "subject": shelf.subject(version),
+            "changeId": shelf.change_id(version),
         }
         item = version_item(stored, about)
         self._items.put(key, signature, item)

@@ -25,6 +25,7 @@ TEMP_NAME = re.compile(r"\.[0-9a-f-]{17}\.json\.(?P<host>.+)-(?P<pid>\d+)-[0-9a-
 LOCK_NAME = ".quart_iot.lock"
 HISTORY_NAME = ".history"  # every version of every document (versions.py)
 MODELS_NAME = ".models"  # one `<code>.json` per device model (models.py)
+CHANGES_NAME = ".changes"  # bulk change records (changes.py)
 STALE_TEMP_SECONDS = 300
 
 _UNUSABLE_ERRNOS = {errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENXIO, errno.EISDIR}

@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Iterator
 
+from quart_iot.store.backend import WriteMeta
 from quart_iot.store.directory.retention import Retention
 from quart_iot.store.directory.versions import Shelf, Shelves
 
@@ -51,9 +52,12 @@ class History:
         os.fsync(shelf.fd)  # kept durably before the rename that replaces it can be
         return True
 
-    def record(self, shelf: Shelf, mac: str, change: str, fd: int, by: str | None) -> str | None:
+    def record(
+        self, shelf: Shelf, mac: str, change: str, fd: int, by: WriteMeta | None
+    ) -> str | None:
         """Link the current file as a new version if it is the file of `fd`, signed by
-        subject `by` when there is one; the version's id (None: replaced meanwhile)."""
+        `by`'s subject and bulk change when there are; the version's id (None: replaced
+        meanwhile)."""
         version = shelf.issue(change)
         self._sign(shelf, version.id, mac, by)
         shelf.link(mac, version)
@@ -63,7 +67,7 @@ class History:
         self.retention.note(mac)  # the sweep's prune decides, listing the shelf, off this path
         return version.id
 
-    def hold_deleted(self, shelf: Shelf, mac: str, by: str | None) -> str:
+    def hold_deleted(self, shelf: Shelf, mac: str, by: WriteMeta | None) -> str:
         """Keep the document a delete is about to remove, durably, where no reader lists it;
         the id its `deleted` version gets once the document is gone (`release_deleted`)."""
         version_id = shelf.issue("deleted").id
@@ -85,11 +89,11 @@ class History:
             log.warning("deleted version of %s.json not named yet: %s", mac, error)
 
     @staticmethod
-    def _sign(shelf: Shelf, version_id: str, mac: str, by: str | None) -> None:
-        if by is None:
+    def _sign(shelf: Shelf, version_id: str, mac: str, by: WriteMeta | None) -> None:
+        if by is None or (by.subject is None and by.change_id is None):
             return
         try:
-            shelf.sign(version_id, by)
+            shelf.sign(version_id, by.subject, by.change_id)
         except OSError as error:  # the version matters more than who made it
             log.warning("subject of a version of %s.json not kept: %s", mac, error)
 

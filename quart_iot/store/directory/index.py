@@ -21,6 +21,7 @@ from quart_iot.documents import InvalidJson, etag_of, parse_document
 from quart_iot.errors import ConfigNotFound, ConfigUnreadable, StorageUnavailable
 from quart_iot.store.devicemodels import model_named
 from quart_iot.store.directory.files import (
+    CHANGES_NAME,
     CONFIG_NAME,
     HISTORY_NAME,
     LOCK_NAME,
@@ -182,6 +183,7 @@ class Index:
                     LOCK_NAME,
                     HISTORY_NAME,
                     MODELS_NAME,
+                    CHANGES_NAME,
                 ) and not TEMP_NAME.fullmatch(item.name):
                     ignored[item.name] = item.inode()
         return seen, stale, ignored

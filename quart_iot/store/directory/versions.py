@@ -3,12 +3,12 @@
 A version is a hard link to a document file (the service never writes a file in place, so a
 linked file never changes). Its name carries its metadata:
 `<ns since the epoch, 19 digits>-<8 hex>.<created|updated|deleted>.json`. Who wrote it, when
-access control is on, is a symbolic link beside it, `<id>.subject`, whose target is the
-subject as a JSON string: made before the version and never followed, it costs no data
-write and no fsync of its own (the shelf's fsync makes both durable). A document a delete is
-removing is held as `<id>.deleting`, which no reader lists, until the delete happened; only
-then does it become the `deleted` version (`Shelf.settle` finishes or undoes the deletes a
-crash interrupted).
+access control is on, and the bulk change that wrote it (issue 21), is a symbolic link beside
+it, `<id>.subject`, whose target is the subject as a JSON string (or `{"subject",
+"changeId"}`): made before the version and never followed, it costs no data write and no fsync
+of its own (the shelf's fsync makes both durable). A document a delete is removing is held as
+`<id>.deleting`, which no reader lists, until the delete happened; only then does it become the
+`deleted` version (`Shelf.settle` finishes or undoes the deletes a crash interrupted).
 
 Plain blocking functions, run in worker threads. Every name is built from a canonical MAC
 and a version id that fully matched VERSION_PATTERN, relative to descriptors opened without
@@ -248,11 +248,16 @@ class Shelf:
             self._listed[0].remove(version.name)
         self.unsign(version.id)
 
-    def sign(self, version_id: str, subject: str) -> None:
-        """Record who makes the version (before it is linked: it never shows without)."""
-        readable = subject[:SUBJECT_CHARS].encode("utf-8", "replace").decode()  # no lone surrogate
-        target = json.dumps(readable)  # ASCII, no NUL: any string fits a link's target
-        os.symlink(target, version_id + _SUBJECT, dir_fd=self.fd)
+    def sign(self, version_id: str, subject: str | None, change_id: str | None = None) -> None:
+        """Record who makes the version, and the bulk change it is part of (before it is
+        linked: it never shows without). The link's target: the subject as a JSON string, or
+        `{"subject", "changeId"}` for a version a bulk change writes."""
+        readable = None
+        if subject is not None:  # no lone surrogate
+            readable = subject[:SUBJECT_CHARS].encode("utf-8", "replace").decode()
+        # ASCII, no NUL: any string fits a link's target
+        signature = readable if change_id is None else {"subject": readable, "changeId": change_id}
+        os.symlink(json.dumps(signature), version_id + _SUBJECT, dir_fd=self.fd)
         if self._listed is not None:
             self._listed[1].add(version_id)
 
@@ -265,11 +270,22 @@ class Shelf:
     def subject(self, version: Version) -> str | None:
         """Who made the version; None when nobody signed it (access control off, an edit
         outside the service) or the link is not one the service made."""
+        value = self._signature(version.id)
+        if isinstance(value, dict):
+            value = value.get("subject")
+        return value if isinstance(value, str) else None
+
+    def change_id(self, version: Version) -> str | None:
+        """The bulk change that wrote the version (None: none did)."""
+        value = self._signature(version.id)
+        found = value.get("changeId") if isinstance(value, dict) else None
+        return found if isinstance(found, str) else None
+
+    def _signature(self, version_id: str) -> object:
         try:
-            value = json.loads(os.readlink(version.id + _SUBJECT, dir_fd=self.fd))
+            return json.loads(os.readlink(version_id + _SUBJECT, dir_fd=self.fd))
         except (OSError, ValueError):
             return None
-        return value if isinstance(value, str) else None
 
     def orphans(self) -> set[str]:
         """Ids of subjects whose version was never linked (a crash between the two)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from quart_iot.documents import Document, etag_of
 from quart_iot.errors import ConfigExists, ConfigNotFound, ConfigUnreadable, PreconditionFailed
-from quart_iot.store.backend import Deleted, Saved, Unconfirmed
+from quart_iot.store.backend import Deleted, Saved, Unconfirmed, WriteMeta
 from quart_iot.store.directory.files import Directory, Signature, Unusable
 from quart_iot.store.directory.history import History
 from quart_iot.store.directory.index import Entry, Index
@@ -54,7 +54,7 @@ class Writer:
         content: Document,
         precondition: Precondition,
         deadline: float,
-        by: str | None = None,
+        by: WriteMeta | None = None,
     ) -> Saved:
         document = to_store(mac, content, self.directory.max_bytes)  # before any disk I/O
         with storage_errors(f"write of {mac}.json", self.outage):
@@ -77,7 +77,7 @@ class Writer:
         return saved
 
     def delete(
-        self, mac: str, precondition: Precondition, deadline: float, by: str | None = None
+        self, mac: str, precondition: Precondition, deadline: float, by: WriteMeta | None = None
     ) -> Deleted:
         name = f"{mac}.json"
         with storage_errors(f"delete of {name}", self.outage):
@@ -104,7 +104,7 @@ class Writer:
         precondition: Precondition,
         temp: Path,
         fd: int,
-        by: str | None,
+        by: WriteMeta | None,
         before: str | None,
     ) -> Committed:
         """Rename (or link) the temp file in place, keeping the versions it replaces; nothing
@@ -138,7 +138,7 @@ class Writer:
             ) from None
 
     def _commit_delete(
-        self, mac: str, by: str | None, before: str | None
+        self, mac: str, by: WriteMeta | None, before: str | None
     ) -> tuple[str | None, int, str | None]:
         """Unlink the document; with history, its `deleted` version only once it is gone."""
         if not (self.history.enabled and self._is_file(mac)):

@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 import asyncpg
 
+from quart_iot.bulk import Journal
 from quart_iot.documents import Document, dump_document, etag_of
 from quart_iot.errors import (
     ConfigExists,
@@ -37,10 +39,12 @@ from quart_iot.store.backend import (
     WriteMeta,
 )
 from quart_iot.store.devicemodels import ModelEntry, StoredModel
+from quart_iot.store.postgres import changes as change_sql
 from quart_iot.store.postgres import history, statements
 from quart_iot.store.postgres import models as model_sql
 from quart_iot.store.postgres.database import (
     BACKOFF_FIRST,
+    UNAVAILABLE,
     Connection,
     Database,
     Limits,
@@ -128,6 +132,8 @@ class PostgresBackend:
         self._survey: tuple[int, int] | None = None  # (versions, bytes), as last surveyed
         self.listener: Listener | None = None
         self._pruned = 0  # versions retention removed in this process
+        # The bulk changes this process runs: the connection holding each one's lock.
+        self._change_owners: dict[str, asyncpg.Connection] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PostgresBackend":
@@ -321,6 +327,55 @@ class PostgresBackend:
             )  # fmt: skip
         self._pruned += written["pruned"]
         return Deleted(mac, row["etag"], written["version"])
+
+    # -- bulk change records -----------------------------------------------------------------
+
+    async def begin_change(self, journal: Journal) -> None:
+        """Own the change (its lock, on a connection of its own), then keep its record."""
+        if self.epoch is None:
+            raise StorageUnavailable(self.refused or "the database is not reachable yet")
+        try:
+            owner = await self.db.connect()
+        except UNAVAILABLE as error:
+            raise StorageUnavailable(self.db.outage.failed(error)) from None
+        try:
+            try:
+                await change_sql.own(owner, journal.change_id)
+            except UNAVAILABLE as error:
+                raise StorageUnavailable(self.db.outage.failed(error)) from None
+            kept = await anyio.to_thread.run_sync(change_sql.rows, journal)  # large: off the loop
+            async with self._connection() as conn:
+                await change_sql.begin(conn, journal.change_id, kept)
+        except BaseException:
+            await owner.close()
+            raise
+        self._change_owners[journal.change_id] = owner
+
+    async def end_change(self, journal: Journal) -> None:
+        try:
+            async with self._connection() as conn:
+                await change_sql.end(conn, journal)
+        finally:
+            owner = self._change_owners.pop(journal.change_id, None)
+            if owner is not None:
+                await owner.close()
+
+    async def change(self, change_id: str) -> tuple[Journal, bool]:
+        async with self._connection() as conn:
+            return await change_sql.get(conn, change_id, set(self._change_owners))
+
+    async def change_befores(self, change_id: str) -> dict[str, Document]:
+        async with self._connection() as conn:
+            found = await change_sql.read_befores(conn, change_id)
+        return await anyio.to_thread.run_sync(change_sql.parse_befores, found)
+
+    async def changes(self, limit: int, before: str | None) -> list[tuple[Journal, bool]]:
+        async with self._connection() as conn:
+            return await change_sql.recent(conn, limit, before, set(self._change_owners))
+
+    async def change_writes(self, change_id: str) -> dict[str, str]:
+        async with self._connection() as conn:
+            return await change_sql.writes(conn, change_id)
 
     # -- history -----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from quart_iot.store.postgres.database import Connection
 from quart_iot.store.records import StoredConfig
 
 VERSIONS = """
-SELECT id, change, etag, summary, size, subject FROM config_versions
+SELECT id, change, etag, summary, size, subject, bulk_change_id FROM config_versions
 WHERE mac = $1 AND ($2::text IS NULL OR id < $2) ORDER BY id DESC LIMIT $3
 """
 KNOWN = """
@@ -22,7 +22,8 @@ SELECT EXISTS (SELECT 1 FROM configs WHERE mac = $1)
 """
 VERSION = "SELECT data, etag, summary FROM config_versions WHERE mac = $1 AND id = $2"
 DELETED = """
-SELECT DISTINCT ON (mac) mac, id, change, etag, summary, size, subject FROM config_versions v
+SELECT DISTINCT ON (mac) mac, id, change, etag, summary, size, subject, bulk_change_id
+FROM config_versions v
 WHERE NOT EXISTS (SELECT 1 FROM configs c WHERE c.mac = v.mac)
 ORDER BY mac, id DESC
 """
@@ -65,6 +66,7 @@ def item_json(row: asyncpg.Record) -> bytes:
         "size": row["size"],
         "change": row["change"],
         "subject": subject_of(row),
+        "changeId": row["bulk_change_id"],
     }
     summary: bytes = row["summary"]
     return summary[:-1] + b"," + _json(about)[1:]

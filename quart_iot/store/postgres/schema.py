@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 # pg_advisory_xact_lock keys (any bigint; these spell "quart_io" and "quart_pr" in ASCII).
 MIGRATION_LOCK = 0x71756172745F696F
 PRUNE_LOCK = 0x71756172745F7072
+# pg_advisory_lock(CHANGE_LOCK, hashtext(<change id>)): held by the process running a bulk
+# change (the two-key form: never one of the keys above). "qich" in ASCII.
+CHANGE_LOCK = 0x71696368
 CHANNEL = "quart_iot_changes"  # NOTIFY payload: "<change id> <mac> <etag or ->"
 
 _MAC_CHECK = r"mac ~ '^[0-9a-f]{2}(-[0-9a-f]{2}){5}$'"
@@ -86,6 +89,22 @@ MIGRATIONS: tuple[str, ...] = (
         substring(encode(summary, 'escape') FROM '"device_model":"([a-z0-9_]{1,64})"')
     ) STORED;
     CREATE INDEX configs_by_model ON configs (device_model);
+    """,
+    # 4: bulk change records (issue 21; quart_iot/store/postgres/changes.py).
+    r"""
+    CREATE TABLE bulk_changes (
+        id text COLLATE "C" PRIMARY KEY CHECK (id ~ '^[0-9]{19}-[0-9a-f]{8}$'),
+        record bytea NOT NULL,          -- bulk.Journal without the documents before (JSON)
+        running boolean NOT NULL
+    );
+    CREATE TABLE bulk_change_befores (  -- the documents a change found: a revert's
+        change_id text COLLATE "C" NOT NULL REFERENCES bulk_changes (id) ON DELETE CASCADE,
+        mac text COLLATE "C" NOT NULL,
+        data bytea NOT NULL,
+        PRIMARY KEY (change_id, mac)
+    );
+    CREATE INDEX config_versions_by_bulk_change ON config_versions (bulk_change_id)
+        WHERE bulk_change_id IS NOT NULL;
     """,
 )
 
