@@ -1,6 +1,7 @@
 """A real OpenID Provider (oidc-provider on Node.js, tests/oidc/) on loopback, and test keys."""
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
@@ -31,13 +32,17 @@ def install() -> None:
     """`npm ci` from the committed package-lock.json, once (a fresh clone has no node_modules)."""
     tool("node", "Debian package nodejs")
     tool("npm", "Debian package npm")
-    if not (DIRECTORY / "node_modules" / "oidc-provider").is_dir():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=DIRECTORY,
-            check=True,
-            timeout=300,
-        )
+    # Parallel test workers (pytest-xdist) install one at a time: `npm ci` empties
+    # node_modules first, under the feet of a worker whose provider already runs.
+    with (Path(tempfile.gettempdir()) / "quart_iot-oidc-npm-ci.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (DIRECTORY / "node_modules" / "oidc-provider").is_dir():
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=DIRECTORY,
+                check=True,
+                timeout=300,
+            )
 
 
 class SigningKey:

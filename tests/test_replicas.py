@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,13 @@ class Writers:
                 assert stored.json()["content"]["seq"] >= seq, mac
 
 
+async def acked(condition: Callable[[], bool], seconds: float = 30) -> None:
+    """Wait until `condition` on the writers' acknowledgements holds."""
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
 async def healthy(server: Server, seconds: float = 15) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
         async with asyncio.timeout(seconds):
@@ -207,9 +214,17 @@ async def test_a_replica_killed_amid_writes_takes_no_acknowledged_write_with_it(
     writers = Writers([a, b])
 
     async def kill_a() -> None:
-        await asyncio.sleep(1.0)
+        # Once every writer is under way (polled: a fixed second was too short on a busy
+        # machine, and longer than needed on an idle one).
+        await acked(lambda: all(mac in writers.acked for _, mac in writers.targets))
         a.kill()  # SIGKILL: mid-transaction, mid-answer
-        await asyncio.sleep(0.5)  # b goes on alone
+        on_b = {mac: writers.acked[mac] for server, mac in writers.targets if server is b}
+        await acked(  # a's writers find it gone; b goes on alone
+            lambda: (
+                writers.statuses.get("gone", 0) > 0
+                and all(writers.acked[mac] > seq for mac, seq in on_b.items())
+            )
+        )
 
     await writers.run_until(kill_a())
     assert writers.statuses.get("gone", 0) > 0  # a's writers lost their replica
