@@ -46,6 +46,8 @@ LONGEST_FIRST = [
     "test_deploy_image.py",  # installs the image's environment with pip
     "test_fuzz.py",
     "test_crash.py",
+    "test_bulk_changes.py",
+    "test_bulk_crash.py",
     "test_workers.py",
     "test_dashboard_live.py",
     "test_history.py",

@@ -550,3 +550,28 @@ async def test_a_server_that_answers_nothing_gets_503_not_a_hang(
             os.kill(row["pid"], signal.SIGCONT)
         await admin.close()
     await eventually_healthy(backend)
+
+
+async def test_the_stop_ends_a_task_that_lost_its_cancellation(pg_url: str) -> None:
+    """As the listener did when cancelled in asyncpg's connect on Python 3.11 (wait_for lost
+    the cancellation): a start refused for a newer schema then hung for 60 s."""
+    lost = asyncio.Event()
+
+    async def loses_one_cancellation() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            lost.set()  # swallowed: goes on as if nothing happened
+        await asyncio.sleep(3600)
+
+    backend = PostgresBackend.from_settings(Settings(database_url=pg_url, _env_file=None))
+    task = asyncio.create_task(loses_one_cancellation())
+    backend._tasks = [task]
+    await asyncio.sleep(0)
+    stopping = asyncio.create_task(backend.stop())
+    # A hang, not a speed, is what fails here: the stop re-cancels after half a second.
+    done, _ = await asyncio.wait([stopping], timeout=20)
+    task.cancel()  # on failure, the second cancellation the stop never sent
+    assert stopping in done
+    assert lost.is_set()
+    assert task.cancelled()

@@ -64,6 +64,7 @@ CHANGES_KEPT = 10_000  # the change feed `changes_after` answers from (older: re
 PRUNE_SECONDS = 60.0
 SURVEY_SECONDS = 60.0  # the history's figures for the metrics, refreshed (as the directory's)
 CREATE_ATTEMPTS = 3  # a save that found no document, then lost the race to create it
+CANCEL_AGAIN_SECONDS = 0.5  # a task still running this long after its cancel is cancelled again
 
 
 class _CreateRaced(Exception):
@@ -96,6 +97,22 @@ def signed_by(meta: WriteMeta) -> bytes | None:
 def _count(status: str) -> int:
     """The rows a DELETE removed, from its status ("DELETE 3")."""
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def end_tasks(tasks: list["asyncio.Task[None]"]) -> None:
+    """Cancel the tasks and wait for their end, cancelling again any task that goes on.
+
+    On Python 3.11, `asyncio.wait_for` loses a cancellation that arrives as the awaited call
+    completes (gh-86296, fixed in 3.12), and asyncpg's connect waits that way: the listener,
+    cancelled while connecting, went on listening, and a start refused for a newer schema
+    hung until hypercorn's 60 s startup timeout."""
+    for task in tasks:
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=CANCEL_AGAIN_SECONDS)
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _one_row(conn: Connection, query: str, *args: Any) -> asyncpg.Record:
@@ -178,11 +195,7 @@ class PostgresBackend:
         self._spawn(self._survey_now_and_then(), "postgres history survey")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await end_tasks(self._tasks)
         self._tasks = []
         await self.db.close()
 
