@@ -140,7 +140,11 @@ def store_directory(tmp_path: Path) -> Path:
 LOCATIONS = {"directory": "store_directory", "postgres": "pg_url"}
 SETTINGS: dict[str, Callable[..., Settings]] = {
     "directory": lambda where, **more: Settings(esp32_configs_dir=where, _env_file=None, **more),
-    "postgres": lambda where, **more: Settings(database_url=where, _env_file=None, **more),
+    # DB_TIMEOUT of 30 s unless a test says otherwise: four test files at once on two cores
+    # can hold a query past the default 5 s (the timeouts' own tests set theirs).
+    "postgres": lambda where, **more: Settings(
+        database_url=where, _env_file=None, **{"db_timeout": 30.0, **more}
+    ),
 }
 
 
