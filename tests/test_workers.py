@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from quart_iot.store.extension import WRITE_END_SECONDS
 from tests.conftest import MAC
 from tests.faults import FsyncGate
 from tests.harness import read_response
@@ -165,7 +166,10 @@ def test_a_stop_signal_after_the_event_loop_closed_is_ignored(
             gate.wait_held()
             os.kill(pid, signal.SIGTERM)
             assert read_response(held).status == 503  # the write outlived SHUTDOWN_TIMEOUT
-        wait_until(lambda: epoll_count(pid) == 0, "the event loop closes")
+        # The store awaits the held write up to WRITE_END_SECONDS (for its audit line) before
+        # the loop closes.
+        closes = WRITE_END_SECONDS + 30
+        wait_until(lambda: epoll_count(pid) == 0, "the event loop closes", closes)
         os.kill(pid, signal.SIGTERM)
         os.kill(pid, signal.SIGINT)
         gate.release()
