@@ -353,6 +353,22 @@ async def test_a_model_changed_by_another_replica_is_met_at_once(
     assert [v["path"] for v in body["details"]["violations"]] == ["/logLevel"]
 
 
+async def test_a_model_relaxed_by_another_replica_is_met_at_once(
+    make_settings: Callable[..., Settings], client: Client
+) -> None:
+    """A save is validated first against the model version this replica read last: a refusal
+    must still be decided on the version in the store now."""
+    await esp32_model(client)
+    assert (await put_config(client, MAC, esp32_device())).status_code == 200  # version read
+    broken = {**esp32_device(), "logLevel": 7}
+    await error_of(await put_config(client, MAC, broken), 422, "SCHEMA_VIOLATION")
+    other = create_app(make_settings())  # another replica on the same store
+    async with other.test_app():
+        relaxed = {"name": "v2", "configSchema": None}
+        assert (await put_model(other.test_client(), MODEL_CODE, relaxed)).status_code == 200
+    assert (await put_config(client, MAC, broken)).status_code == 200
+
+
 async def test_a_save_is_decided_against_the_model_version_it_was_validated_against(
     store: ConfigStore, client: Client
 ) -> None:
@@ -382,10 +398,10 @@ async def test_a_model_changed_while_a_write_is_validated_is_met_by_that_write(
     validate = store.conformance.conform
     calls = 0
 
-    async def then_the_model_changes(content: dict[str, Any]) -> Any:
+    async def then_the_model_changes(content: dict[str, Any], **options: Any) -> Any:
         nonlocal calls
         calls += 1
-        found = await validate(content)
+        found = await validate(content, **options)
         if calls == 1:  # after this write's validation, before its save is decided
             await store.save_model(MODEL_CODE, "v2", stricter)
         return found

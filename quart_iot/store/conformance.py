@@ -1,13 +1,19 @@
 """Conformance: documents checked against the device model they name, the same for every store.
 
-The model is read from the store at every validated write (the directory: a stat while it is
-unchanged; PostgreSQL: one indexed row), so a model changed through another replica counts at
-once. Its schema is compiled once per model version, in a worker thread, and kept by the
-version's ETag (`SchemaCache`): any replica that reads a new ETag compiles that version.
+A save is validated against the model version this process last read, without reading it
+first; the save is then decided only if that is still the model's version in the store, under
+the write's lock or in its transaction (the directory: a stat while it is unchanged;
+PostgreSQL: one indexed row locked FOR SHARE), else read again and validated again. So a model
+changed through another replica counts at once, and a validated save costs no extra read (a
+worker thread's hop: 0.86x of an unvalidated PUT with it, docs/PERFORMANCE.md).
+
+A schema is compiled once per model version, in a worker thread, and kept by the version's
+ETag (`SchemaCache`): any replica that reads a new ETag compiles that version.
 Validation itself runs on the event loop: about 50 us for a 2 KB document, 0.5 ms for 20 KB
 (docs/PERFORMANCE.md), less than the parse of the body before it, which runs there too.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -59,21 +65,36 @@ class Conformance:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.schemas = SchemaCache()
+        self._read: dict[str, StoredModel] = {}  # each model as this process last read it
 
-    async def conform(self, content: Document) -> tuple[str, str] | None:
+    async def conform(self, content: Document, last_read: bool = False) -> tuple[str, str] | None:
         """(model code, model ETag) of the model the content names and meets; None when it
-        names none. UnknownModel (422) or SchemaViolation (422) otherwise."""
+        names none. UnknownModel (422) or SchemaViolation (422) otherwise. `last_read`: met
+        against the version last read when there is one (for a save that checks that version is
+        still current); a refusal is decided on the version read now, never a stale one."""
         code = model_of(content)
         if code is None:
             return None
+        remembered = self._read.get(code) if last_read else None
+        if remembered is not None:
+            with contextlib.suppress(SchemaViolation, ModelUnreadable):
+                return await self._met(remembered, content)
+        return await self._met(await self._fresh(code), content)
+
+    async def _met(self, model: StoredModel, content: Document) -> tuple[str, str]:
+        compiled = await self.compiled(model)
+        if compiled is not None:
+            conform(compiled, model.code, content)
+        return model.code, model.etag
+
+    async def _fresh(self, code: str) -> StoredModel:
         try:
             model = await self.backend.model(code)
         except ModelNotFound:
+            self._read.pop(code, None)
             raise UnknownModel(code) from None
-        compiled = await self.compiled(model)
-        if compiled is not None:
-            conform(compiled, code, content)
-        return code, model.etag
+        self._read[code] = model
+        return model
 
     async def report(self, content: Document) -> str | None:
         """How content written without validation (a restore) breaks its model: the number of

@@ -231,10 +231,11 @@ class ConfigStore:
     async def _save_conforming(
         self, mac: str, content: Document, condition: Precondition, meta: WriteMeta
     ) -> Saved:
-        """Validated, then saved on the condition that the model it was validated against is
-        still that version when the save is decided (else validated again)."""
-        for _ in range(MODEL_ATTEMPTS):
-            model = await self.conformance.conform(content)
+        """Validated (first against the model version last read), then saved on the condition
+        that the model it was validated against is still that version when the save is decided
+        (else read, and validated again)."""
+        for attempt in range(MODEL_ATTEMPTS):
+            model = await self.conformance.conform(content, last_read=attempt == 0)
             pinned = dataclasses.replace(condition, model=model)
             try:
                 return await self.backend.save(mac, content, pinned, meta)
