@@ -13,8 +13,6 @@ Writes bench/results/workers.md and workers.json.
 import argparse
 import asyncio
 import json
-import os
-import re
 import shutil
 import statistics
 import time
@@ -24,6 +22,7 @@ from typing import Any
 from bench.documents import fill_directory, mac_of
 from bench.server import BenchServer, cpu_seconds
 from bench.wrk import Scenario, require_wrk, run_wrk
+from tests.server import socket_inodes
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
@@ -32,18 +31,6 @@ ESTABLISHED = "01"  # the state column of /proc/net/tcp
 
 def workers_of(parent: int) -> list[int]:
     return [int(pid) for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
-
-
-def socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if match := re.fullmatch(r"socket:\[(\d+)\]", target):
-            inodes.add(match.group(1))
-    return inodes
 
 
 def established(port: int) -> set[str]:

@@ -11,6 +11,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -186,6 +188,18 @@ class Provider:
         response.raise_for_status()
         tokens: dict[str, Any] = response.json()
         return tokens
+
+
+@contextmanager
+def running_provider() -> Iterator[Provider]:
+    """The provider installed and started with one signing key; closed at the end."""
+    install()
+    provider = Provider([SigningKey("k1")])
+    provider.start()
+    try:
+        yield provider
+    finally:
+        provider.close()
 
 
 def unverified_kid(token: str) -> str:

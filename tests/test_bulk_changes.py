@@ -21,7 +21,7 @@ from quart_iot.settings import Settings
 from quart_iot.store import ConfigStore, DirectoryBackend, Written, bulkchanges
 from quart_iot.store.postgres import changes as postgres_changes
 from tests.conftest import MAC, Client
-from tests.oidc_provider import AUDIENCE, Provider, SigningKey, install
+from tests.oidc_provider import AUDIENCE, Provider, running_provider
 
 RELAYS = 'eq(deviceModel,"relay_board")'
 NEW_BROKER = {"mqtt": {"host": "broker.lan"}}
@@ -364,13 +364,8 @@ async def test_openapi_documents_the_change_routes(client: Client) -> None:
 
 @pytest.fixture(scope="module")
 def provider() -> Iterator[Provider]:
-    install()
-    provider = Provider([SigningKey("k1")])
-    provider.start()
-    try:
+    with running_provider() as provider:
         yield provider
-    finally:
-        provider.close()
 
 
 async def test_changes_need_the_writer_role_and_reading_them_the_reader_role(

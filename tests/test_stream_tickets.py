@@ -23,7 +23,7 @@ from quart_iot.oidc.errors import InvalidToken
 from quart_iot.oidc.tickets import TICKET_SECONDS, StreamTickets
 from quart_iot.settings import Settings
 from tests.conftest import MAC, write_config
-from tests.oidc_provider import AUDIENCE, Provider, SigningKey, install
+from tests.oidc_provider import AUDIENCE, Provider, running_provider
 from tests.server import Server, running_server
 
 API_MD = Path(__file__).parent.parent / "docs" / "API.md"
@@ -70,13 +70,8 @@ class Page:
 
 @pytest.fixture(scope="module")
 def provider() -> Iterator[Provider]:
-    install()
-    provider = Provider([SigningKey("k1")])
-    provider.start()
-    try:
+    with running_provider() as provider:
         yield provider
-    finally:
-        provider.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from quart_iot.oidc.errors import Unauthorized
 from quart_iot.settings import Settings
 from quart_iot.waiting import Waiting
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
-from tests.oidc_provider import AUDIENCE, Provider, SigningKey, install
+from tests.oidc_provider import AUDIENCE, Provider, running_provider
 
 Headers = dict[str, str]
 
@@ -75,13 +75,8 @@ async def test_one_device_cannot_hold_more_than_its_bound_of_long_polls(configs_
 
 @pytest.fixture(scope="module")
 def provider() -> Iterator[Provider]:
-    install()
-    provider = Provider([SigningKey("k1")])
-    provider.start()
-    try:
+    with running_provider() as provider:
         yield provider
-    finally:
-        provider.close()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from quart_iot.settings import Settings
 from quart_iot.shutdown import GracefulStop
 from quart_iot.store import ConfigStore, WriteMeta, Written
 from tests.conftest import MAC, OTHER_MAC, Client
-from tests.oidc_provider import AUDIENCE, Provider, SigningKey, install
+from tests.oidc_provider import AUDIENCE, Provider, running_provider
 
 READS = {"GET", "HEAD", "OPTIONS"}
 
@@ -156,13 +156,8 @@ async def test_no_write_route_skips_the_stop_s_gate(app: Quart, client: Client) 
 
 @pytest.fixture(scope="module")
 def provider() -> Iterator[Provider]:
-    install()
-    provider = Provider([SigningKey("k1")])
-    provider.start()
-    try:
+    with running_provider() as provider:
         yield provider
-    finally:
-        provider.close()
 
 
 @pytest.fixture
