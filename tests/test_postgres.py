@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
@@ -97,6 +98,7 @@ async def test_a_schema_of_version_1_is_migrated_with_its_subjects(
     pg_empty_url: str, new_replicas: Replicas
 ) -> None:
     conn = await asyncpg.connect(pg_empty_url)  # as phase 1 left a database
+    version = f"{time.time_ns()}-0a1b2c3d"  # recent: retention (90 days) must not take it
     try:
         await conn.execute(
             "CREATE TABLE config_schema (version integer PRIMARY KEY,"
@@ -105,7 +107,7 @@ async def test_a_schema_of_version_1_is_migrated_with_its_subjects(
             + "INSERT INTO config_feed VALUES ('0a1b2c3d', 0);"
             " INSERT INTO config_schema (version) VALUES (1);"
             " INSERT INTO config_versions VALUES ('aa-bb-cc-dd-ee-ff',"
-            " '1767225600000000000-0a1b2c3d', 'deleted', '{}', 'e',"
+            f" '{version}', 'deleted', '{{}}', 'e',"
             """ '{"mac_address":"aa-bb-cc-dd-ee-ff"}', 2, 'sub:ünï', NULL);"""
         )
     finally:
