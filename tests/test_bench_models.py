@@ -2,7 +2,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.models import PAIRS, counted, report, scenarios
+from bench.models import PAIRS, counted, in_order, report, scenarios
 from bench.report import Pair
 from bench.wrk import Measurement
 from tests.esp32_schema import esp32_device
@@ -38,3 +38,27 @@ def test_the_bench_judges_each_pair_within_its_runs() -> None:
     assert "PUT, ESP32 model / PUT, no model: 1.13x (target >= 0.9): PASS" in page
     assert "PATCH of one field of 20 KB / PUT of 20 KB, ESP32 model: 0.80x" in page
     assert "| PUT, no model | 300 | 0.300 |" in page
+
+
+def test_odd_rounds_run_the_scenarios_in_reverse(tmp_path: Path) -> None:
+    plan = scenarios(tmp_path)
+    assert in_order(plan, 0) == plan
+    assert in_order(plan, 1) == plan[::-1]
+
+
+def test_the_control_shows_the_noise_and_judges_nothing() -> None:
+    def run(again: float) -> dict[str, Pair]:
+        return {
+            "PUT, no model": Pair(measured(1000), measured(300)),
+            "PUT, ESP32 model": Pair(measured(1000), measured(300)),
+            "PUT, no model, again": Pair(measured(1000), measured(again)),
+            "PUT of 20 KB, ESP32 model": Pair(measured(1000), measured(100)),
+            "PATCH of one field of 20 KB": Pair(measured(1000), measured(100)),
+        }
+
+    page, passed = report([run(150), run(300), run(450)], argparse.Namespace(runs=3, seconds=3))
+    assert passed is True
+    assert (
+        "- PUT, no model, again / PUT, no model: 1.00x, from 0.50x to 1.50x over the runs" in page
+    )
+    assert "PUT, ESP32 model / PUT, no model: 1.00x (target >= 0.9): PASS; by CPU" in page

@@ -5,12 +5,13 @@ first; the save is then decided only if that is still the model's version in the
 the write's lock or in its transaction (the directory: a stat while it is unchanged;
 PostgreSQL: one indexed row locked FOR SHARE), else read again and validated again. So a model
 changed through another replica counts at once, and a validated save costs no extra read (a
-worker thread's hop: 0.86x of an unvalidated PUT with it, docs/PERFORMANCE.md).
+worker thread's hop, which cost more than the validation; docs/PERFORMANCE.md).
 
 A schema is compiled once per model version, in a worker thread, and kept by the version's
 ETag (`SchemaCache`): any replica that reads a new ETag compiles that version.
-Validation itself runs on the event loop: about 50 us for a 2 KB document, 0.5 ms for 20 KB
-(docs/PERFORMANCE.md), less than the parse of the body before it, which runs there too.
+Validation itself runs on the event loop: about 110 us of CPU for a 2 KB document in the
+write path, 0.5 ms for 20 KB (docs/PERFORMANCE.md), less than the parse of the body before it,
+which runs there too.
 """
 
 import contextlib
