@@ -35,6 +35,7 @@ class Server:
         env: dict[str, str] | None = None,
         port: int | None = None,
         wrapper: Sequence[str] = (),
+        traced: bool = True,
     ) -> None:
         self.directory = directory
         self.wrapper = list(wrapper)  # e.g. setpriv, to drop privileges (see tests/harness.py)
@@ -50,6 +51,9 @@ class Server:
         }
         if "DATABASE_URL" in self.env:
             del self.env["ESP32_CONFIGS_DIR"]
+        if not traced:  # no coverage: a server the test will SIGKILL would save none of it
+            for name in ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START"):
+                self.env.pop(name, None)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="quart_iot-server-", suffix=".log")[1])
 

@@ -31,9 +31,10 @@ def mac_of(n: int) -> str:
     return f"aa-00-00-00-{n // 256:02x}-{n % 256:02x}"
 
 
-def start(backend: str, where: Any, tmp_path: Path) -> Server:
+def start(backend: str, where: Any, tmp_path: Path, traced: bool = True) -> Server:
+    """A server on the test's store; `traced=False` for one it will SIGKILL."""
     env = {"DATABASE_URL": str(where)} if backend == "postgres" else {}
-    server = Server(where if backend == "directory" else tmp_path, env)
+    server = Server(where if backend == "directory" else tmp_path, env, traced=traced)
     server.start()
     return server
 
@@ -42,7 +43,7 @@ def test_sigkill_during_a_bulk_change_leaves_each_device_old_or_new_as_its_recor
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     where = request.getfixturevalue(LOCATIONS[backend])
-    server = start(backend, where, tmp_path)
+    server = start(backend, where, tmp_path, traced=False)  # seeds, changes, and is killed
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             model = {"name": "Relay", "configSchema": None}
