@@ -28,6 +28,7 @@ NOT_SETTINGS = {
     "CONFIG_OPERATION_DURATION": "a metric of the Flask version, quoted",
     "HTTP_200": "a constant of the Flask version, quoted",
     "LOAD_HOLD_REPORT": "an environment variable of tests/test_load_hold.py",
+    "LOAD_HOLD_SECONDS": "an environment variable of tests/test_load_hold.py",
     "MAX_BYTES": "a constant of the search cache",
     "MAX_SEARCHES": "a constant of the search cache",
     "MIGRATING_FROM_FLASK": "a file name",
