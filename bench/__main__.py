@@ -33,6 +33,13 @@ PUT_MACS = tuple(mac_of(index) for index in range(32))
 READ_MAC = mac_of(101)
 
 
+def save_results(name: str, page: str, raw: object) -> None:
+    """bench/results/<name>.md (the page) and <name>.json (the raw figures)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(page, encoding="utf-8")
+    (RESULTS / f"{name}.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
+
+
 def arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench", description="Benchmark quart_iot with wrk.")
     parser.add_argument("--sizes", default="200,2000,20000", help="comma-separated N values")

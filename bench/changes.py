@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
-from bench.__main__ import RESULTS, WORK
+from bench.__main__ import WORK, save_results
 from bench.rql import MODELS
 from bench.search import directory_server, percentiles, postgres_server, timed_get
 from bench.server import BenchServer
@@ -196,10 +196,7 @@ def main(argv: list[str]) -> int:
         with servers[store](work, args.devices) as server:
             results.append(bench_store(store, server, args))
     page, passed = report(results, args, load)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "changes.md").write_text(page, encoding="utf-8")
-    raw = [asdict(result) for result in results]
-    (RESULTS / "changes.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
+    save_results("changes", page, [asdict(result) for result in results])
     print(page)
     return 0 if passed else 1
 

@@ -11,25 +11,23 @@ Writes bench/results/replicas.md and replicas.json.
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
 from bench import postgres
+from bench.__main__ import WORK as BENCH_WORK
+from bench.__main__ import save_results
 from bench.documents import fill_directory, mac_of
 from bench.server import BenchServer
 from bench.wrk import Scenario, parse_wrk, require_wrk, wrk_command
 
-HERE = Path(__file__).resolve().parent
-WORK = HERE / ".work" / "replicas"
-RESULTS = HERE / "results"
+WORK = BENCH_WORK / "replicas"
 READ_MAC = mac_of(101)
 
 
@@ -105,10 +103,7 @@ def main(argv: list[str]) -> int:
     ratio = statistics.median(two / one for one, two in rounds)
     p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
     page = report(args, rounds, ratio, p50, p99)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "replicas.md").write_text(page, encoding="utf-8")
-    raw = {"args": vars(args), "rounds": rounds, "wakeup_ms": samples}
-    (RESULTS / "replicas.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
+    save_results("replicas", page, {"args": vars(args), "rounds": rounds, "wakeup_ms": samples})
     print(page)
     return 0 if ratio >= 1.4 and p99 < 100 else 1
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from bench.__main__ import RESULTS, WORK
+from bench.__main__ import WORK, save_results
 from bench.rql import MODELS, devices
 from bench.server import BenchServer, peak_memory
 from bench.wrk import CONNECTIONS, Measurement, Scenario, require_wrk, run_wrk
@@ -308,10 +308,7 @@ def main(argv: list[str]) -> int:
         with servers[store](work, args.devices) as server:
             results.append(bench_store(wrk, store, server, args))
     page, passed = report(results, args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "search.md").write_text(page, encoding="utf-8")
-    raw = [asdict(result) for result in results]
-    (RESULTS / "search.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
+    save_results("search", page, [asdict(result) for result in results])
     print(page)
     return 0 if passed else 1
 
