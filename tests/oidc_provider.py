@@ -22,7 +22,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.server import free_port
+from tests.server import TLS, free_port
 from tests.tools import tool
 
 DIRECTORY = Path(__file__).parent / "oidc"
@@ -110,7 +110,7 @@ class Provider:
             if self.process.poll() is not None:
                 raise RuntimeError(f"provider exited: {self.log.read_text()}")
             try:
-                httpx.get(f"{self.issuer}/.well-known/openid-configuration", timeout=1)
+                httpx.get(f"{self.issuer}/.well-known/openid-configuration", timeout=1, verify=TLS)
                 return
             except httpx.TransportError:
                 time.sleep(0.05)
@@ -142,6 +142,7 @@ class Provider:
             data={"grant_type": "client_credentials", "resource": AUDIENCE, **params},
             auth=(client_id, CLIENTS[client_id]["client_secret"]),
             timeout=10,
+            verify=TLS,
         )
         response.raise_for_status()
         token: str = response.json()["access_token"]
@@ -164,7 +165,7 @@ class Provider:
             "code_challenge_method": "S256",
             **({"nonce": nonce} if nonce else {}),
         }
-        with httpx.Client(base_url=self.issuer, timeout=10) as http:
+        with httpx.Client(base_url=self.issuer, timeout=10, verify=TLS) as http:
             location = http.get("/auth", params=query).headers["location"]
             while not location.startswith(redirect_uri):
                 if "/interaction/" in location:  # the login form, then the consent form

@@ -32,7 +32,7 @@ from tests.oidc_provider import (
     install,
     unverified_kid,
 )
-from tests.server import Server, running_server
+from tests.server import TLS, Server, running_server
 
 ORIGIN = "http://localhost:3000"
 NEW_MAC = "12-34-56-78-9a-bc"
@@ -99,7 +99,7 @@ async def call(
     headers = dict(kwargs.pop("headers", {}))
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http:
         return await http.request(method, path, headers=headers, **kwargs)
 
 
@@ -332,7 +332,7 @@ async def test_two_authorization_headers_are_400_invalid_request(
 ) -> None:
     bearer = f"Bearer {tokens['reader']}"
     for second in (bearer, "Basic d3JpdGVyOnNlY3JldA==", "Bearer other"):
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http:
             response = await http.get(
                 "/api/configs", headers=[("Authorization", bearer), ("Authorization", second)]
             )
@@ -961,7 +961,7 @@ async def test_events_need_the_read_role_and_a_device_long_polls_its_own_documen
 ) -> None:
     headers = {"Authorization": f"Bearer {tokens['reader']}"}
     async with (
-        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+        httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http,
         http.stream("GET", "/api/configs/events", headers=headers) as stream,
     ):
         assert stream.status_code == 200

@@ -21,7 +21,7 @@ import pytest
 from quart_iot.documents import dump_document, etag_of
 from quart_iot.patch import merge_patch
 from tests.conftest import LOCATIONS
-from tests.server import Server
+from tests.server import TLS, Server
 
 DEVICES = 300
 ATTEMPTS = 4  # changes tried until one is cut short with some devices written and some not
@@ -45,7 +45,7 @@ def test_sigkill_during_a_bulk_change_leaves_each_device_old_or_new_as_its_recor
     where = request.getfixturevalue(LOCATIONS[backend])
     server = start(backend, where, tmp_path, traced=False)  # seeds, changes, and is killed
     try:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        with httpx.Client(base_url=server.url, timeout=30, verify=TLS) as client:
             model = {"name": "Relay", "configSchema": None}
             assert client.put("/api/models/relay_board", json=model).status_code in (200, 201)
             for n in range(DEVICES):
@@ -67,7 +67,7 @@ def test_sigkill_during_a_bulk_change_leaves_each_device_old_or_new_as_its_recor
 
 
 def devices(url: str) -> dict[str, bytes]:
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, verify=TLS) as client:
         return {
             mac_of(n): client.get(f"/api/configs/{mac_of(n)}.json").content for n in range(DEVICES)
         }
@@ -81,7 +81,7 @@ def change_and_kill(server: Server, patch: dict[str, Any]) -> int:
 
     def post() -> None:
         with contextlib.suppress(httpx.TransportError):  # killed under it
-            httpx.post(f"{server.url}/api/configs/changes", json=body, timeout=60)
+            httpx.post(f"{server.url}/api/configs/changes", json=body, timeout=60, verify=TLS)
 
     poster = threading.Thread(target=post)
     poster.start()
@@ -89,9 +89,9 @@ def change_and_kill(server: Server, patch: dict[str, Any]) -> int:
     query = {"filter": f'eq(mqtt/host,"{host}")'}
     while time.monotonic() < deadline and poster.is_alive():
         try:
-            written = httpx.get(f"{server.url}/api/configs", params=query, timeout=5).json()[
-                "count"
-            ]
+            written = httpx.get(
+                f"{server.url}/api/configs", params=query, timeout=5, verify=TLS
+            ).json()["count"]
         except httpx.TransportError:
             break
         if written >= DEVICES // 10:
@@ -103,7 +103,7 @@ def change_and_kill(server: Server, patch: dict[str, Any]) -> int:
 
 
 def check(url: str, before: dict[str, bytes], patch: dict[str, Any]) -> None:
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, verify=TLS) as client:
         listed = client.get("/api/configs/changes").json()["changes"]
         change_id = listed[0]["changeId"]
         record = client.get(f"/api/configs/changes/{change_id}").json()

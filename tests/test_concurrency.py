@@ -10,7 +10,7 @@ import pytest
 
 from quart_iot.documents import dump_document
 from tests.harness import temp_files
-from tests.server import Server, running_server
+from tests.server import TLS, Server, running_server
 
 WRITERS = 8
 PUTS = 50
@@ -35,7 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def _client(server: Server) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=WRITERS + READERS)
-    return httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits)
+    return httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits, verify=TLS)
 
 
 async def _write_all(client: httpx.AsyncClient, mac: str, writer: int) -> list[int]:

@@ -19,7 +19,7 @@ from quart_iot.store.directory import Signature
 from quart_iot.store.directory.files import Directory
 from quart_iot.store.directory.index import Index
 from tests.conftest import MAC, OTHER_MAC, Client, write_config
-from tests.server import running_server
+from tests.server import TLS, running_server
 
 OLD_NS = 1_600_000_000 * 10**9  # long ago: a file this old is not "racy"
 THIRD_MAC = "0a-0b-0c-0d-0e-0f"
@@ -84,7 +84,7 @@ def lister(url: str) -> Iterator[None]:
     stop = threading.Event()
 
     def run() -> None:
-        with httpx.Client(base_url=url, timeout=10) as http:
+        with httpx.Client(base_url=url, timeout=10, verify=TLS) as http:
             while not stop.is_set():
                 http.get("/api/configs")
 
@@ -124,7 +124,7 @@ def test_outside_changes_are_seen_by_the_next_list(configs_dir: Path) -> None:
         running_server(configs_dir) as server,
         writer_process(configs_dir) as write,
         lister(server.url),
-        httpx.Client(base_url=server.url, timeout=10) as http,
+        httpx.Client(base_url=server.url, timeout=10, verify=TLS) as http,
     ):
         for op, mac, name, expected in steps:
             write(op, mac, name)
@@ -136,7 +136,7 @@ def test_an_outside_in_place_rewrite_is_seen_within_the_sweep(configs_dir: Path)
         running_server(configs_dir) as server,
         writer_process(configs_dir) as write,
         lister(server.url),
-        httpx.Client(base_url=server.url, timeout=10) as http,
+        httpx.Client(base_url=server.url, timeout=10, verify=TLS) as http,
     ):
         write("create", MAC, "first")
         assert listed(http) == {MAC: "first"}
@@ -150,8 +150,8 @@ def test_two_servers_on_one_directory_see_each_others_writes_at_once(configs_dir
     with (
         running_server(configs_dir) as one,
         running_server(configs_dir) as two,
-        httpx.Client(base_url=one.url, timeout=10) as first,
-        httpx.Client(base_url=two.url, timeout=10) as second,
+        httpx.Client(base_url=one.url, timeout=10, verify=TLS) as first,
+        httpx.Client(base_url=two.url, timeout=10, verify=TLS) as second,
     ):
         assert listed(second) == {}
         for name in ("v1", "v2", "v3"):  # rewrites of one name: inodes come back

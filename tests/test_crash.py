@@ -20,7 +20,7 @@ import httpx
 
 from quart_iot.documents import parse_document
 from tests.harness import json_files, temp_files
-from tests.server import Server
+from tests.server import TLS, Server
 
 ROUNDS = 6
 WRITERS = 4
@@ -55,7 +55,7 @@ class Writer:
         }
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10) as client:
+        with httpx.Client(base_url=self.url, timeout=10, verify=TLS) as client:
             for seq in range(100_000):
                 mac = self.macs[seq % MACS_PER_WRITER]
                 document = self.document(mac, seq)
@@ -134,7 +134,7 @@ def _check_restart(directory: Path) -> None:
     server.start()
     try:
         assert temp_files(directory) == []
-        with httpx.Client(base_url=server.url, timeout=10) as client:
+        with httpx.Client(base_url=server.url, timeout=10, verify=TLS) as client:
             listed = client.get("/api/configs").json()
             disk = _disk_state(directory)
             assert [c["mac_address"] for c in listed["configs"]] == sorted(disk)

@@ -15,7 +15,7 @@ import yaml
 
 from tests.conftest import MAC, OTHER_MAC
 from tests.pg import TEMPLATE, Admin, Cluster
-from tests.server import Server, free_port, running_server
+from tests.server import TLS, Server, free_port, running_server
 from tests.test_observability import ALERTS, dashboard, metric_names, walk_panels
 from tests.tools import find, needs
 
@@ -94,7 +94,9 @@ class Prometheus:
 
     def query(self, expr: str) -> list[Any]:
         try:
-            response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+            response = httpx.get(
+                f"{self.url}/api/v1/query", params={"query": expr}, timeout=10, verify=TLS
+            )
         except httpx.TransportError:
             return []  # not listening yet
         if response.status_code == 503:
@@ -117,7 +119,7 @@ class Prometheus:
 
 def traffic(server: Server, running: threading.Event) -> None:
     """What the app and the devices do: list, read, save, probe, and the odd unknown MAC."""
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with httpx.Client(base_url=server.url, timeout=10, verify=TLS) as http:
         while running.is_set():
             http.get("/api/configs")
             http.get(f"/api/configs/{MAC}")
@@ -200,7 +202,11 @@ def live_postgres(
     pg_admin.execute(f"CREATE DATABASE live_dashboard TEMPLATE {TEMPLATE}")
     env = {"DATABASE_URL": pg_cluster.url("live_dashboard"), "DB_TIMEOUT": "0.5"}
     with running_server(base, MQTT_URL=f"mqtt://127.0.0.1:{free_port()}", **env) as server:
-        httpx.put(f"{server.url}/api/configs/{OTHER_MAC}", json={"content": {"deviceName": "G"}})
+        httpx.put(
+            f"{server.url}/api/configs/{OTHER_MAC}",
+            json={"content": {"deviceName": "G"}},
+            verify=TLS,
+        )
         with scraped_under_traffic(base, server) as prometheus:
             yield server, prometheus
     pg_admin.execute_later("DROP DATABASE IF EXISTS live_dashboard WITH (FORCE)")

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import MAC
-from tests.server import free_port
+from tests.server import TLS, free_port
 from tests.tools import IN_CI, needs, tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -371,7 +371,7 @@ def start(command: list[str], container: Container, log: Path) -> "subprocess.Po
         )
     for _ in range(400):
         try:
-            if httpx.get(f"{container.url}/api/health", timeout=1).status_code == 200:
+            if httpx.get(f"{container.url}/api/health", timeout=1, verify=TLS).status_code == 200:
                 return process
         except httpx.TransportError:
             pass
@@ -398,9 +398,9 @@ def test_the_image_serves_as_another_user_on_a_read_only_install(
     process = start(command, container, tmp_path / "server.log")
     try:
         body = {"content": {"deviceName": "Porch"}}
-        put = httpx.put(f"{container.url}/api/configs/{MAC}", json=body, timeout=10)
+        put = httpx.put(f"{container.url}/api/configs/{MAC}", json=body, timeout=10, verify=TLS)
         assert put.status_code == 200, put.text
-        history = httpx.get(f"{container.url}/api/configs/{MAC}/history", timeout=10)
+        history = httpx.get(f"{container.url}/api/configs/{MAC}/history", timeout=10, verify=TLS)
         assert history.status_code == 200
         assert len(history.json()["versions"]) == 1
         check = subprocess.run(

@@ -21,7 +21,7 @@ from tests.harness import (
     temp_files,
     unprivileged,
 )
-from tests.server import Server
+from tests.server import TLS, Server
 from tests.tools import tool
 
 MAC = "0f-00-00-00-00-01"
@@ -38,7 +38,7 @@ def serving(run_as: Unprivileged, directory: Path) -> Iterator[httpx.Client]:
     server = Server(directory, wrapper=run_as.wrapper)
     server.start()
     try:
-        with httpx.Client(base_url=server.url, timeout=10) as client:
+        with httpx.Client(base_url=server.url, timeout=10, verify=TLS) as client:
             yield client
     finally:
         server.stop()

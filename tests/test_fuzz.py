@@ -13,7 +13,7 @@ from schemathesis import Case
 
 from quart_iot.app import create_app
 from quart_iot.settings import Settings
-from tests.server import Server, running_server
+from tests.server import TLS, Server, running_server
 
 # Kept small: the whole run takes well under a minute on two shared cores.
 MAX_EXAMPLES = 100
@@ -88,7 +88,7 @@ def test_every_answer_matches_the_openapi_document(fuzzed_server: Server, case: 
 
 
 def test_the_fuzzed_document_is_the_served_one(fuzzed_server: Server) -> None:
-    assert httpx.get(f"{fuzzed_server.url}/api/docs/openapi.json").json() == OPENAPI
+    assert httpx.get(f"{fuzzed_server.url}/api/docs/openapi.json", verify=TLS).json() == OPENAPI
 
 
 def test_openapi_describes_the_mac_and_requires_the_put_body() -> None:

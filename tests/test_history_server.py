@@ -16,13 +16,13 @@ from quart_iot.documents import dump_document, etag_of, parse_document
 from tests.conftest import MAC
 from tests.faults import FsyncGate
 from tests.harness import assert_error_body, raw_request, snapshot, temp_files
-from tests.server import Server, running_server
+from tests.server import TLS, Server, running_server
 
 KEEP_ALL = {"HISTORY_MAX_VERSIONS": "10000"}
 
 
 def history(server: Server, mac: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{server.url}/api/configs/{mac}/history", timeout=10)
+    response = httpx.get(f"{server.url}/api/configs/{mac}/history", timeout=10, verify=TLS)
     assert response.status_code == 200, response.text
     return list(response.json()["versions"])
 
@@ -43,7 +43,7 @@ def test_two_processes_writing_one_mac_keep_one_consistent_history(configs_dir: 
         sent: list[bytes] = []
 
         def write(server: Server, name: str) -> None:
-            with httpx.Client(base_url=server.url, timeout=10) as client:
+            with httpx.Client(base_url=server.url, timeout=10, verify=TLS) as client:
                 for seq in range(15):
                     content = {"deviceName": name, "seq": seq}
                     sent.append(dump_document(content))
@@ -78,7 +78,7 @@ class Writer(threading.Thread):
         self.acked: list[tuple[str, bytes | None]] = []  # (mac, document or None: deleted)
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10) as client:
+        with httpx.Client(base_url=self.url, timeout=10, verify=TLS) as client:
             for seq in range(100_000):
                 mac = self.macs[seq % 2]
                 try:
@@ -150,7 +150,9 @@ HOSTILE = [
 
 def test_hostile_versions_on_the_wire_touch_nothing(configs_dir: Path) -> None:
     with running_server(configs_dir) as server:
-        assert httpx.put(f"{server.url}/api/configs/{MAC}", json={"content": {}}).is_success
+        assert httpx.put(
+            f"{server.url}/api/configs/{MAC}", json={"content": {}}, verify=TLS
+        ).is_success
         before = snapshot(configs_dir)
         for version, status in HOSTILE:
             base = f"/api/configs/{MAC}/history/".encode() + version
@@ -171,7 +173,9 @@ def test_a_delete_killed_before_its_unlink_leaves_no_deleted_version(
     server = Server(configs_dir, {**KEEP_ALL, **gate.env})
     server.start()
     try:
-        assert httpx.put(f"{server.url}/api/configs/{MAC}", json={"content": {"v": 1}}).is_success
+        assert httpx.put(
+            f"{server.url}/api/configs/{MAC}", json={"content": {"v": 1}}, verify=TLS
+        ).is_success
         gate.arm()
         deleting = threading.Thread(target=delete_quietly, args=(server,))
         deleting.start()
@@ -183,17 +187,17 @@ def test_a_delete_killed_before_its_unlink_leaves_no_deleted_version(
     assert (configs_dir / f"{MAC}.json").exists()  # the delete did not happen
     with running_server(configs_dir, **KEEP_ALL) as again:
         assert [v["change"] for v in history(again, MAC)] == ["created"]
-        assert httpx.get(f"{again.url}/api/configs/{MAC}").status_code == 200
+        assert httpx.get(f"{again.url}/api/configs/{MAC}", verify=TLS).status_code == 200
         shelf = configs_dir / ".history" / MAC
         deadline = time.monotonic() + 10  # the first sweep after the start settles it
         while any(p.name.endswith(".deleting") for p in shelf.iterdir()):
             assert time.monotonic() < deadline, sorted(shelf.iterdir())
             time.sleep(0.05)
         assert [v["change"] for v in history(again, MAC)] == ["created"]
-        assert httpx.delete(f"{again.url}/api/configs/{MAC}").status_code == 204
+        assert httpx.delete(f"{again.url}/api/configs/{MAC}", verify=TLS).status_code == 204
         assert [v["change"] for v in history(again, MAC)] == ["deleted", "created"]
 
 
 def delete_quietly(server: Server) -> None:
     with contextlib.suppress(httpx.TransportError):  # the kill
-        httpx.delete(f"{server.url}/api/configs/{MAC}", timeout=30)
+        httpx.delete(f"{server.url}/api/configs/{MAC}", timeout=30, verify=TLS)

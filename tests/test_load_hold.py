@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.harness import temp_files
-from tests.server import Server, running_server
+from tests.server import TLS, Server, running_server
 
 CONFIGS = 200
 CLIENTS = 32
@@ -47,7 +47,7 @@ class Tally:
 
 async def _client(url: str, seed: int, deadline: float, tally: Tally) -> None:
     rng = random.Random(seed)
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=30, verify=TLS) as client:
         while time.monotonic() < deadline:
             pick, mac = rng.random(), rng.choice(MACS)
             started = time.perf_counter()

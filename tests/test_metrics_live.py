@@ -17,7 +17,7 @@ import pytest
 from quart_iot.store.directory import LOCK_NAME
 from tests.conftest import MAC, OTHER_MAC
 from tests.harness import raw_request
-from tests.server import Server, free_port, running_server
+from tests.server import TLS, Server, free_port, running_server
 from tests.tools import find, needs
 
 PROMTOOL = find("promtool")
@@ -37,7 +37,7 @@ def samples(text: str) -> dict[str, float]:
 
 
 def scrape(server: Server) -> str:
-    response = httpx.get(f"{server.url}/metrics", timeout=30)
+    response = httpx.get(f"{server.url}/metrics", timeout=30, verify=TLS)
     assert response.status_code == 200
     return response.text
 
@@ -49,7 +49,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def invent(server: Server, methods: range, paths: list[str]) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(base_url=server.url, timeout=30, verify=TLS) as http:
         for index in methods:
             for path in paths:
                 assert http.request(f"MFOO{index}", path).status_code in (404, 405)
@@ -70,8 +70,8 @@ def test_invented_methods_add_no_series(server: Server) -> None:
 
 
 def test_a_405_is_labelled_with_the_route_it_matched(server: Server) -> None:
-    assert httpx.post(f"{server.url}/api/configs").status_code == 405
-    assert httpx.put(f"{server.url}/api/health").status_code == 405
+    assert httpx.post(f"{server.url}/api/configs", verify=TLS).status_code == 405
+    assert httpx.put(f"{server.url}/api/health", verify=TLS).status_code == 405
     found = samples(scrape(server))
     assert found['http_requests_total{method="POST",route="/api/configs",status="405"}'] >= 1
     assert found['http_requests_total{method="PUT",route="/api/health",status="405"}'] >= 1
@@ -82,7 +82,7 @@ def test_a_405_is_labelled_with_the_route_it_matched(server: Server) -> None:
 def test_a_real_scrape_passes_promtool_check_metrics(tmp_path: Path) -> None:
     # MQTT on (nothing listens on the port): its series are in the scrape too.
     with running_server(tmp_path, MQTT_URL=f"mqtt://127.0.0.1:{free_port()}") as server:
-        with httpx.Client(base_url=server.url) as http:
+        with httpx.Client(base_url=server.url, verify=TLS) as http:
             (tmp_path / f"{MAC}.json").write_text('{"deviceName": "Porch"}')
             http.put(f"/api/configs/{MAC}", json={"content": 1})  # 400: nothing to notify
             for path in ("/api/configs", f"/api/configs/{OTHER_MAC}", "/api/health", "/x"):

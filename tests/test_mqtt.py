@@ -25,7 +25,7 @@ from quart_iot.app import create_app
 from quart_iot.notifications import Broker, Notifications
 from quart_iot.settings import Settings, describe
 from tests.conftest import MAC, OTHER_MAC, Client
-from tests.server import Server, free_port
+from tests.server import TLS, Server, free_port
 from tests.tools import tool
 
 TOPIC = "iotsupport/updates/configs"
@@ -610,7 +610,7 @@ async def test_real_server_notifies_survives_the_broker_and_stops(
     server = Server(tmp_path, {"MQTT_URL": mosquitto.url, "MQTT_QUEUE_SIZE": "10"})
     server.start()
     try:
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http:
             await real_server_scenario(http, mosquitto)
     finally:
         returncode = server.stop()

@@ -15,7 +15,7 @@ from tests.harness import (
     private_parent,
     unprivileged,
 )
-from tests.server import Server
+from tests.server import TLS, Server
 
 SECRET = "SECRET-FROM-OUTSIDE"
 
@@ -110,7 +110,7 @@ def server() -> Iterator[Server]:
 
 def _get(server: Server, path: str) -> httpx.Response:
     # The bound is the point: a FIFO or a slow link must never make a request hang.
-    return httpx.get(f"{server.url}{path}", timeout=1.0)
+    return httpx.get(f"{server.url}{path}", timeout=1.0, verify=TLS)
 
 
 def test_list_holds_exactly_the_valid_configs(server: Server) -> None:

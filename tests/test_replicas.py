@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.pg import Cluster
-from tests.server import Server
+from tests.server import TLS, Server
 
 MACS = [f"0d-00-00-00-00-{n:02x}" for n in range(8)]
 
@@ -57,7 +57,10 @@ async def test_replicas_read_each_others_writes_and_lose_no_update(
     pair: tuple[Server, Server],
 ) -> None:
     a, b = pair
-    async with httpx.AsyncClient(base_url=a.url) as on_a, httpx.AsyncClient(base_url=b.url) as on_b:
+    async with (
+        httpx.AsyncClient(base_url=a.url, verify=TLS) as on_a,
+        httpx.AsyncClient(base_url=b.url, verify=TLS) as on_b,
+    ):
         # Read your writes: whatever one acknowledged, a request to the other that starts
         # after it shows it (GET, the device's document, the list).
         for n in range(5):
@@ -103,8 +106,8 @@ async def test_a_change_on_one_replica_wakes_and_resumes_on_the_other(
 ) -> None:
     a, b = pair
     async with (
-        httpx.AsyncClient(base_url=a.url, timeout=30) as on_a,
-        httpx.AsyncClient(base_url=b.url, timeout=30) as on_b,
+        httpx.AsyncClient(base_url=a.url, timeout=30, verify=TLS) as on_a,
+        httpx.AsyncClient(base_url=b.url, timeout=30, verify=TLS) as on_b,
     ):
         etag = (await put(on_a, MACS[6], {"v": 1})).headers["ETag"]
         wait = {"If-None-Match": etag, "Prefer": "wait=20"}
@@ -159,7 +162,7 @@ class Writers:
         self.stopping = asyncio.Event()
 
     async def write(self, server: Server, mac: str) -> None:
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http:
             for seq in range(1, 1_000_000):
                 if self.stopping.is_set():
                     return
@@ -186,7 +189,7 @@ class Writers:
 
     async def check(self, server: Server) -> None:
         """Every acknowledged write is there (or a later one of the same writer)."""
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http:
             for mac, seq in self.acked.items():
                 stored = await http.get(f"/api/configs/{mac}")
                 assert stored.status_code == 200, mac
@@ -201,7 +204,7 @@ async def acked(condition: Callable[[], bool], seconds: float = 30) -> None:
 
 
 async def healthy(server: Server, seconds: float = 15) -> None:
-    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=5, verify=TLS) as http:
         async with asyncio.timeout(seconds):
             while (await http.get("/api/health")).status_code != 200:
                 await asyncio.sleep(0.1)
@@ -243,7 +246,7 @@ async def test_a_database_restart_under_load_loses_nothing_and_needs_no_restart(
         await asyncio.sleep(0.5)
         await asyncio.to_thread(pg_cluster.stop)
         try:
-            async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+            async with httpx.AsyncClient(base_url=a.url, timeout=10, verify=TLS) as http:
                 down = await http.get("/api/health")
                 assert (down.status_code, down.json()["storage"]) == (503, "unavailable")
                 assert (await http.get("/api/health/live")).status_code == 200

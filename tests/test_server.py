@@ -7,11 +7,11 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import MAC
-from tests.server import Server, running_server
+from tests.server import TLS, Server, running_server
 
 
 def test_real_server_serves_the_contract(tmp_path: Path) -> None:
-    with running_server(tmp_path) as server, httpx.Client(base_url=server.url) as http:
+    with running_server(tmp_path) as server, httpx.Client(base_url=server.url, verify=TLS) as http:
         created = http.put(f"/api/configs/{MAC.upper()}", json={"content": {"deviceName": "x"}})
         assert created.status_code == 200
         assert http.get("/api/configs").json()["count"] == 1
@@ -41,6 +41,7 @@ def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
             content=body(),  # type: ignore[arg-type]
             headers={"Content-Type": "application/json"},
             timeout=10,
+            verify=TLS,
         )
         results.append(response.status_code)
 

@@ -10,7 +10,7 @@ import httpx
 from tests.conftest import MAC, OTHER_MAC
 from tests.faults import FsyncGate
 from tests.harness import assert_error_body, raw_request, temp_files
-from tests.server import Server
+from tests.server import TLS, Server
 
 
 @asynccontextmanager
@@ -43,7 +43,7 @@ def sigterm(server: Server) -> None:
 
 
 async def wait_until_stopping(server: Server) -> None:
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http:
         while (await http.get("/api/health")).status_code != 503:
             await asyncio.sleep(0.02)
         assert (await http.get("/api/health")).json()["reason"] == "shutting down"
@@ -60,7 +60,7 @@ def errors_logged(log: str) -> list[str]:
 
 async def test_sigterm_finishes_the_write_in_flight_and_refuses_new_ones(tmp_path: Path) -> None:
     async with gated_server(tmp_path) as (server, gate):
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, verify=TLS) as http:
             put = await put_held_in_fsync(http, gate)
             sigterm(server)
             await wait_until_stopping(server)
@@ -88,7 +88,7 @@ async def test_sigterm_finishes_the_write_in_flight_and_refuses_new_ones(tmp_pat
 
 async def test_a_write_that_outlives_shutdown_timeout(tmp_path: Path) -> None:
     async with gated_server(tmp_path, SHUTDOWN_TIMEOUT="0.5") as (server, gate):
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, verify=TLS) as http:
             put = await put_held_in_fsync(http, gate)
             sigterm(server)
             answer = await put  # at the deadline, while the write is still held

@@ -24,7 +24,7 @@ from quart_iot.oidc.tickets import TICKET_SECONDS, StreamTickets
 from quart_iot.settings import Settings
 from tests.conftest import MAC, write_config
 from tests.oidc_provider import AUDIENCE, Provider, running_provider
-from tests.server import Server, running_server
+from tests.server import TLS, Server, running_server
 
 API_MD = Path(__file__).parent.parent / "docs" / "API.md"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -109,7 +109,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def ticket_for(server: Server, token: str) -> str:
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http:
         response = await http.post(TICKETS, headers=bearer(token))
     assert response.status_code == 200, response.text
     assert response.headers["Cache-Control"] == "no-store"
@@ -121,7 +121,7 @@ async def ticket_for(server: Server, token: str) -> str:
 async def open_stream(server: Server, ticket: str, **headers: str) -> httpx.Response | str:
     """The stream's first line when it opens, else the refusal."""
     async with (
-        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+        httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http,
         http.stream("GET", EVENTS, params={"ticket": ticket}, headers=headers) as stream,
     ):
         if stream.status_code != 200:
@@ -144,7 +144,7 @@ async def test_a_ticket_opens_the_event_stream_once(server: Server, tokens: dict
 async def test_a_ticket_needs_a_token_that_may_read_the_events(
     server: Server, tokens: dict[str, str]
 ) -> None:
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http:
         assert (await http.post(TICKETS)).status_code == 401
         for client in ("norole", "device-a"):
             refused = await http.post(TICKETS, headers=bearer(tokens[client]))
@@ -161,7 +161,7 @@ async def test_a_ticket_is_accepted_by_the_event_stream_only(
     server: Server, tokens: dict[str, str], path: str
 ) -> None:
     ticket = await ticket_for(server, tokens["writer"])
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http:
         method = "POST" if path == TICKETS else "GET"
         response = await http.request(method, path, params={"ticket": ticket})
     assert response.status_code == 401
@@ -203,7 +203,7 @@ async def test_a_forged_or_expired_ticket_is_401(
 
 
 async def ticket_for_expired(server: Server, token: str) -> str:
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http:
         response = await http.post(TICKETS, headers=bearer(token))
     assert response.status_code == 200
     assert response.json()["expires_in"] == 0
@@ -332,7 +332,7 @@ async def test_a_browser_follows_the_stream_with_the_documented_example(
     )
     try:
         await wait_for_a_stream(server)
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http:
             put = await http.put(
                 f"/api/configs/{MAC}",
                 json={"content": {"deviceName": "from the test"}},
@@ -348,7 +348,7 @@ async def test_a_browser_follows_the_stream_with_the_documented_example(
 
 async def wait_for_a_stream(server: Server) -> None:
     """Until the page's event stream is open on the server (its gauge says 1)."""
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10, verify=TLS) as http:
         for _ in range(600):
             text = (await http.get("/metrics")).text
             if 'iot_waiting_requests{kind="events"} 1' in text:
@@ -361,7 +361,7 @@ async def test_a_stream_ends_when_its_token_expires(server: Server, provider: Pr
     token = provider.token("short-lived")  # expires 6 s after it is issued
     expires_at = jwt.decode(token, options={"verify_signature": False})["exp"]
     async with (
-        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+        httpx.AsyncClient(base_url=server.url, timeout=30, verify=TLS) as http,
         http.stream("GET", EVENTS, headers=bearer(token)) as stream,
     ):
         assert stream.status_code == 200

@@ -14,7 +14,7 @@ import pytest
 
 from quart_iot.waiting import preferred_wait
 from tests.conftest import MAC, OTHER_MAC
-from tests.server import Server, running_server
+from tests.server import TLS, Server, running_server
 
 WAIT_ENV = {"MAX_WAIT_SECONDS": "30", "EVENTS_HEARTBEAT_SECONDS": "0.5"}
 Event = dict[str, str]
@@ -28,7 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture
 async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=40) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=40, verify=TLS) as http:
         yield http
 
 
@@ -143,7 +143,7 @@ async def test_a_long_poll_is_answered_by_a_write_of_another_process(
     poll = long_poll(http, mac, etag)
     await held(http, 1)
     with running_server(server.directory) as other:
-        async with httpx.AsyncClient(base_url=other.url, timeout=10) as other_http:
+        async with httpx.AsyncClient(base_url=other.url, timeout=10, verify=TLS) as other_http:
             new_etag = await put(other_http, mac, {"v": "from the other one"})
         answer = await poll
     assert answer.status_code == 200
@@ -228,7 +228,7 @@ async def test_the_stream_sends_heartbeats(http: httpx.AsyncClient) -> None:
 async def test_sigterm_answers_the_waiting_requests_at_once(tmp_path: Path) -> None:
     env = {**WAIT_ENV, "SHUTDOWN_TIMEOUT": "60", "MAX_WAIT_SECONDS": "60"}
     with running_server(tmp_path, **env) as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=40) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=40, verify=TLS) as http:
             etag = await put(http, MAC, {"v": 1})
             polls = [long_poll(http, MAC, etag, wait="60") for _ in range(3)]
             async with events(http) as stream:
@@ -256,7 +256,7 @@ async def test_two_workers_wake_each_others_waiters_and_leave_nothing_in_tmp(
         found = await asyncio.to_thread(subprocess.run, pgrep, capture_output=True, text=True)
         workers = found.stdout.split()
         assert len(workers) == 2
-        async with httpx.AsyncClient(base_url=server.url, timeout=40) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=40, verify=TLS) as http:
             etags = {mac: await put(http, mac, {"v": 1}) for mac in (MAC, OTHER_MAC)}
             polls = [long_poll(http, mac, etag) for mac, etag in etags.items() for _ in range(4)]
             await asyncio.sleep(1)  # both workers have theirs (no assertion on how soon)
@@ -292,7 +292,7 @@ async def test_past_max_waiters_a_wait_is_refused_503_and_a_plain_read_still_ser
     # Each held request costs about 35 KB (PERFORMANCE.md): MAX_WAITERS bounds how many a
     # client can make the process hold, long polls and event streams together.
     with running_server(tmp_path, **WAIT_ENV, MAX_WAITERS="2") as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=40) as http:
+        async with httpx.AsyncClient(base_url=server.url, timeout=40, verify=TLS) as http:
             mac = mac_for("max waiters")
             etag = await put(http, mac, {"v": 1})
             first = long_poll(http, mac, etag)

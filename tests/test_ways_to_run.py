@@ -36,6 +36,7 @@ from tests.harness import assert_error_body, raw_bytes, raw_request, read_respon
 from tests.server import (
     ESTABLISHED,
     LISTEN,
+    TLS,
     alive,
     descendants,
     free_port,
@@ -186,7 +187,7 @@ def check_send_timeout(server: Started) -> None:
 def stopping(server: Started) -> bool:
     try:
         url = f"http://127.0.0.1:{server.port}/api/health"
-        return httpx.get(url, timeout=10).status_code == 503
+        return httpx.get(url, timeout=10, verify=TLS).status_code == 503
     except httpx.TransportError:
         return False
 

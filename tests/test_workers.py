@@ -20,6 +20,7 @@ from tests.harness import read_response
 from tests.server import (
     ESTABLISHED,
     LISTEN,
+    TLS,
     Server,
     alive,
     children,
@@ -115,7 +116,7 @@ def put_request(mac: str) -> bytes:
 
 def shutting_down(server: Server) -> bool:
     try:
-        return httpx.get(f"{server.url}/api/health", timeout=10).status_code == 503
+        return httpx.get(f"{server.url}/api/health", timeout=10, verify=TLS).status_code == 503
     except httpx.TransportError:  # accepted by the worker that was killed
         return False
 
