@@ -51,12 +51,29 @@ def _free_port() -> int:
         return port
 
 
-class Cluster:
-    """One PostgreSQL server in a temporary directory, started and stopped with pg_ctl."""
+def _in_memory() -> str | None:
+    """/dev/shm when it is a tmpfs with room for the tests' cluster, else None (the temp dir).
 
-    def __init__(self, bin_dir: Path) -> None:
+    Each PostgreSQL test creates and drops a database, some hundreds of files each time: on
+    ext4 the kernel's work for them cost more than PostgreSQL's own, 44 ms of CPU a pair
+    against 21 ms on tmpfs (tests/pg.py's cluster, 50 pairs; about 450 pairs a run).
+    """
+    try:
+        shm = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return "/dev/shm" if shm.f_bavail * shm.f_frsize >= 2**30 else None  # Docker's is 64 MiB
+
+
+class Cluster:
+    """One PostgreSQL server in a temporary directory, started and stopped with pg_ctl; with
+    `in_memory`, a directory of /dev/shm where it can (the tests': fsync is off anyway)."""
+
+    def __init__(self, bin_dir: Path, in_memory: bool = False) -> None:
         self.bin_dir = bin_dir
-        self.root = Path(tempfile.mkdtemp(prefix="quart_iot-pg-"))  # not under a 0700 parent
+        parent = _in_memory() if in_memory else None
+        # Not under a 0700 parent: the server runs as another user when we are root.
+        self.root = Path(tempfile.mkdtemp(prefix="quart_iot-pg-", dir=parent))
         self.data = self.root / "data"
         self.port = _free_port()
         self._as_user: list[str] = []
@@ -125,7 +142,7 @@ def pg_cluster() -> Iterator[Cluster]:
     assert bin_dir is not None
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         _missing("setpriv (util-linux) is needed to run PostgreSQL unprivileged as root")
-    cluster = Cluster(bin_dir)
+    cluster = Cluster(bin_dir, in_memory=True)
     try:
         cluster.init()
         cluster.start()
