@@ -7,6 +7,7 @@ at all, not a skipped one). A test of a change made outside this process (a hand
 directory, another replica or `copy` for PostgreSQL) asks for `outside`.
 """
 
+import gc
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -71,6 +72,13 @@ LONGEST_FIRST = [
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def pytest_collection_finish() -> None:
+    """What the imports and the collection made lives to the end: frozen, the collector's
+    full passes no longer walk it (they took 6% of a worker's CPU)."""
+    gc.collect()
+    gc.freeze()
 
 
 # Real servers can run under coverage (`patch = ["subprocess"]`: COVERAGE_PROCESS_CONFIG in the
