@@ -75,8 +75,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_finish() -> None:
-    """What the imports and the collection made lives to the end: frozen, the collector's
-    full passes no longer walk it (they took 6% of a worker's CPU)."""
+    """What the imports and the collection made lives to the end: frozen, the garbage
+    collector's full passes no longer walk it again and again (issue 18, measured: the whole
+    run 213-231 s before, 167 s after)."""
     gc.collect()
     gc.freeze()
 
