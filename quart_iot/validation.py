@@ -2,8 +2,11 @@
 
 The validator is jsonschema-rs (Rust): draft 2020-12, every error with its instance path, and
 no retrieval at all in `offline` mode, so a `$ref` that leaves the schema fails compilation
-without a request. Why it and not jsonschema or fastjsonschema: docs/PERFORMANCE.md.
+without a request. Why it and not jsonschema or fastjsonschema: docs/PERFORMANCE.md. It is
+imported by the first schema checked: a service with no device model does not pay its 3 MiB.
 """
+
+from __future__ import annotations
 
 import re
 import threading
@@ -12,13 +15,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from itertools import islice
-from typing import Any
-
-import jsonschema_rs
+from typing import TYPE_CHECKING, Any
 
 from quart_iot.documents import Document, dump_document
 from quart_iot.errors import InvalidModelCode, InvalidSchema, SchemaViolation, UnknownModel
 from quart_iot.patch import escape, pointer
+
+if TYPE_CHECKING:
+    import jsonschema_rs
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 MAX_VIOLATIONS = 50
@@ -84,6 +88,8 @@ def model_of(content: Document) -> str | None:
 
 def check_schema(schema: Document) -> CompiledSchema:
     """The compiled schema, or InvalidSchema with where the schema is wrong."""
+    import jsonschema_rs
+
     _check_dialect(schema)
     wrong = _collect(_violation(error) for error in _meta_schema().iter_errors(schema))
     if wrong:
@@ -152,6 +158,8 @@ class SchemaCache:
 @cache
 def _meta_schema() -> jsonschema_rs.Validator:
     """The 2020-12 meta-schema, built into jsonschema-rs (never fetched)."""
+    import jsonschema_rs
+
     return jsonschema_rs.Draft202012Validator({"$ref": DIALECT}, offline=True)
 
 

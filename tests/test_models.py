@@ -3,6 +3,8 @@ import json
 import logging
 import socket
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -548,3 +550,22 @@ def test_temp_files_of_interrupted_model_writes_are_removed_at_start(
     asyncio.run(start())
     assert not temp.exists()
     assert kept.exists()
+
+
+def test_jsonschema_rs_is_imported_only_once_a_model_is_checked(tmp_path: Path) -> None:
+    """Its 3 MiB are not paid by a service that has no device model (the benchmark's memory
+    target: peak RSS under 3x the documents at N = 20000)."""
+    script = (
+        "import sys\n"
+        "from quart_iot.app import create_app\n"
+        "from quart_iot.settings import Settings\n"
+        "from quart_iot.validation import check_schema\n"
+        f"create_app(Settings(esp32_configs_dir={str(tmp_path)!r}, _env_file=None))\n"
+        "print('jsonschema_rs' in sys.modules)\n"
+        "check_schema({'type': 'object'})\n"
+        "print('jsonschema_rs' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.split() == ["False", "True"]
