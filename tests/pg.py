@@ -54,9 +54,9 @@ def _free_port() -> int:
 def _in_memory() -> str | None:
     """/dev/shm when it is a tmpfs with room for the tests' cluster, else None (the temp dir).
 
-    Each PostgreSQL test creates and drops a database, some hundreds of files each time: on
-    ext4 the kernel's work for them cost more than PostgreSQL's own, 44 ms of CPU a pair
-    against 21 ms on tmpfs (tests/pg.py's cluster, 50 pairs; about 450 pairs a run).
+    Each PostgreSQL test creates and drops a database, some hundreds of files each time: a
+    pair costs 44 ms of CPU on ext4, mostly the kernel's, against 21 ms on tmpfs (measured
+    with this cluster, 50 pairs; a run makes about 450).
     """
     try:
         shm = os.statvfs("/dev/shm")
